@@ -1,0 +1,253 @@
+"""Accounts: a Dovecot passwd-file of bcrypt hashes, and the cred checker on it.
+
+``DIR/users`` holds one ``address:{BLF-CRYPT}$2b$…`` line per account (Dovecot
+passwd-file form, so the file can be handed to Dovecot as is), ``#`` comments
+allowed. Writes go to a temporary file that is fsync'd and renamed over the
+old one, so a reader (or a crash) never sees half a file. The server re-reads
+the file when it changes, so ``mailhost user add`` takes effect without a
+restart.
+
+Only bcrypt hashes are kept; that is why APOP and CRAM-MD5, which need a
+plaintext-equivalent secret on the server, are not offered.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import bcrypt
+from twisted.cred import error
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import IUsernamePassword
+from twisted.internet import defer
+from zope.interface import implementer
+
+from mailhost.addresses import AddressError, account_name
+from mailhost.blocking import RunBlocking
+
+SCHEME = "{BLF-CRYPT}"
+DEFAULT_COST = 12
+MAX_PASSWORD_BYTES = 72  # bcrypt reads no further; bcrypt>=5 refuses longer input
+
+
+class AccountError(ValueError):
+    """A request about accounts that cannot be carried out (bad address, duplicate…)."""
+
+
+def check_password_text(password: str) -> bytes:
+    if password == "":
+        raise AccountError("the password is empty")
+    encoded = password.encode("utf-8")
+    if len(encoded) > MAX_PASSWORD_BYTES:
+        raise AccountError(f"the password is longer than bcrypt's {MAX_PASSWORD_BYTES} bytes")
+    return encoded
+
+
+def hash_password(password: str, cost: int = DEFAULT_COST) -> str:
+    encoded = check_password_text(password)
+    return SCHEME + bcrypt.hashpw(encoded, bcrypt.gensalt(rounds=cost)).decode("ascii")
+
+
+def verify_password(password: bytes, stored: str) -> bool:
+    """Check ``password`` against a ``{BLF-CRYPT}`` hash.
+
+    bcrypt ignores bytes past the 72nd; a longer password is refused rather
+    than matched on its prefix.
+    """
+    if not stored.startswith(SCHEME) or len(password) > MAX_PASSWORD_BYTES:
+        return False
+    try:
+        return bcrypt.checkpw(password, stored[len(SCHEME) :].encode("ascii"))
+    except ValueError:
+        return False
+
+
+def hash_cost(stored: str) -> int:
+    try:
+        return int(stored[len(SCHEME) :].split("$")[2])
+    except (IndexError, ValueError):
+        return DEFAULT_COST
+
+
+_dummies: dict[int, bytes] = {}
+
+
+def _dummy(cost: int) -> bytes:
+    """A hash no password matches, at ``cost``, so unknown users take as long as known ones."""
+    if cost not in _dummies:
+        _dummies[cost] = bcrypt.hashpw(os.urandom(16).hex().encode(), bcrypt.gensalt(cost))
+    return _dummies[cost]
+
+
+def parse_users(text: str) -> dict[str, str]:
+    accounts: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, _, rest = line.partition(":")
+        accounts[name.strip().lower()] = rest.split(":", 1)[0]
+    return accounts
+
+
+class AccountFile:
+    """Read-modify-write of ``DIR/users``; every write is atomic and serialised."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def read(self) -> dict[str, str]:
+        try:
+            return parse_users(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def _write(self, accounts: dict[str, str]) -> None:
+        header = "# mailhost accounts (Dovecot passwd-file): address:{BLF-CRYPT}hash\n"
+        body = "".join(f"{name}:{stored}\n" for name, stored in sorted(accounts.items()))
+        fd, tmp = tempfile.mkstemp(prefix=".users.", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(header + body)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, self.path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        dir_fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def add(self, address: str, password: str, cost: int = DEFAULT_COST) -> str:
+        name = _account(address)
+        stored = hash_password(password, cost)
+        with self._locked():
+            accounts = self.read()
+            if name in accounts:
+                raise AccountError(f"account {name} already exists")
+            accounts[name] = stored
+            self._write(accounts)
+        return name
+
+    def set_password(self, address: str, password: str, cost: int = DEFAULT_COST) -> str:
+        name = _account(address)
+        stored = hash_password(password, cost)
+        with self._locked():
+            accounts = self.read()
+            if name not in accounts:
+                raise AccountError(f"no account {name}")
+            accounts[name] = stored
+            self._write(accounts)
+        return name
+
+    def remove(self, address: str) -> str:
+        name = _account(address)
+        with self._locked():
+            accounts = self.read()
+            if name not in accounts:
+                raise AccountError(f"no account {name}")
+            del accounts[name]
+            self._write(accounts)
+        return name
+
+
+def _account(address: str) -> str:
+    try:
+        return account_name(address)
+    except AddressError as e:
+        raise AccountError(f"{address!r} is not an address: {e}") from None
+
+
+class Accounts:
+    """The server's live view of ``DIR/users``, re-read whenever the file changes."""
+
+    def __init__(self, account_file: AccountFile) -> None:
+        self.file = account_file
+        self._stamp: tuple[int, int, int] | None = None
+        self._accounts: dict[str, str] = {}
+
+    def _current(self) -> dict[str, str]:
+        try:
+            st = os.stat(self.file.path)
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except FileNotFoundError:
+            stamp = (0, 0, 0)
+        if stamp != self._stamp:
+            self._accounts = self.file.read()
+            self._stamp = stamp
+        return self._accounts
+
+    def get(self, address: str) -> str | None:
+        return self._current().get(address.lower())
+
+    def __contains__(self, address: str) -> bool:
+        return self.get(address) is not None
+
+    def addresses(self) -> list[str]:
+        return sorted(self._current())
+
+    def domains(self) -> frozenset[str]:
+        return frozenset(name.rpartition("@")[2] for name in self._current())
+
+
+@implementer(ICredentialsChecker)
+class BcryptChecker:
+    """Checks username/password against the account file, bcrypt off the reactor.
+
+    Unknown accounts get a dummy bcrypt check of the same cost, so a reply's
+    timing does not reveal which accounts exist; the avatar id is the
+    lowercased account address.
+    """
+
+    credentialInterfaces = (IUsernamePassword,)
+
+    def __init__(self, accounts: Accounts, run_blocking: RunBlocking) -> None:
+        self.accounts = accounts
+        self.run_blocking = run_blocking
+
+    def requestAvatarId(self, credentials: IUsernamePassword) -> defer.Deferred:
+        username = credentials.username
+        if isinstance(username, bytes):
+            username = username.decode("utf-8", "replace")
+        password = credentials.password
+        if isinstance(password, str):
+            password = password.encode("utf-8")
+        try:
+            name = account_name(username)
+        except AddressError:
+            name = None
+        stored = self.accounts.get(name) if name else None
+        if stored is None:
+            known = self.accounts.addresses()
+            cost = hash_cost(self.accounts.get(known[0]) or "") if known else DEFAULT_COST
+            d = self.run_blocking(_spend_dummy, password, cost)
+        else:
+            d = self.run_blocking(verify_password, password, stored)
+
+        def result(ok: bool) -> str:
+            if ok and name is not None and stored is not None:
+                return name
+            raise error.UnauthorizedLogin("authentication failed")
+
+        return d.addCallback(result)
+
+
+def _spend_dummy(password: bytes, cost: int) -> bool:
+    bcrypt.checkpw(password[:MAX_PASSWORD_BYTES], _dummy(cost))
+    return False

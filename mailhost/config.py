@@ -1,0 +1,169 @@
+"""Settings as frozen values, and the one place that parses and explains them.
+
+Every parser raises :class:`ConfigError` naming the flag, the bad value and
+the accepted forms, so the CLI can print it and exit 2 without a traceback.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+
+from mailhost.addresses import AddressError, check_domain
+from mailhost.policy import Schemes
+from mailhost.schedule import Schedule
+
+STATE_FORMS = "on, off, or until:<ISO 8601 date or datetime> (e.g. until:2013-09-02)"
+DURATION_FORMS = "seconds (600) or a number with s, m or h (30s, 10m, 2h)"
+INSTANT_FORMS = "an ISO 8601 date or datetime (2013-09-01 or 2013-09-01T23:59:00Z)"
+PORT_FORMS = "a number from 0 to 65535 (0 picks a free port)"
+
+DEFAULT_MAX_MESSAGE_SIZE = 25 * 1024 * 1024
+DEFAULT_POP_WINDOW = timedelta(minutes=10)
+
+
+class ConfigError(ValueError):
+    """A setting with a value mailhost cannot use."""
+
+    def __init__(self, flag: str, value: object, accepted: str) -> None:
+        self.flag = flag
+        self.value = value
+        self.accepted = accepted
+        super().__init__(f"{flag}: {value!r} is not valid; expected {accepted}")
+
+
+def parse_instant(text: str, flag: str = "--now") -> datetime:
+    """An ISO 8601 date (00:00 UTC) or datetime; a naive datetime is UTC."""
+    value = text.strip()
+    try:
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+            return datetime.combine(date.fromisoformat(value), time(), UTC)
+        instant = datetime.fromisoformat(value.replace("z", "Z"))
+    except ValueError:
+        raise ConfigError(flag, text, INSTANT_FORMS) from None
+    if instant.tzinfo is None:
+        instant = instant.replace(tzinfo=UTC)
+    return instant.astimezone(UTC)
+
+
+def parse_state(text: str, flag: str) -> Schedule:
+    value = text.strip()
+    lowered = value.lower()
+    if lowered == "on":
+        return Schedule.on()
+    if lowered == "off":
+        return Schedule.off()
+    if lowered.startswith("until:"):
+        try:
+            return Schedule.until(parse_instant(value[len("until:") :], flag))
+        except ConfigError:
+            raise ConfigError(flag, text, STATE_FORMS) from None
+    raise ConfigError(flag, text, STATE_FORMS)
+
+
+def parse_duration(text: str, flag: str) -> timedelta:
+    match = re.fullmatch(r"\s*(\d+)\s*([smh]?)\s*", text.lower())
+    if not match:
+        raise ConfigError(flag, text, DURATION_FORMS)
+    amount = int(match.group(1))
+    seconds = amount * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+    if seconds <= 0:
+        raise ConfigError(flag, text, "a duration longer than zero: " + DURATION_FORMS)
+    return timedelta(seconds=seconds)
+
+
+def parse_port(value: object, flag: str) -> int:
+    try:
+        port = int(str(value))
+    except ValueError:
+        raise ConfigError(flag, value, PORT_FORMS) from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(flag, value, PORT_FORMS)
+    return port
+
+
+def parse_domain(text: str, flag: str = "--domain") -> str:
+    try:
+        domain = check_domain(text.strip().rstrip("."))
+    except AddressError:
+        raise ConfigError(flag, text, "a domain name such as example.org") from None
+    if domain.startswith("["):
+        raise ConfigError(flag, text, "a domain name such as example.org")
+    return domain
+
+
+def parse_positive(value: object, flag: str, what: str) -> int:
+    try:
+        number = int(str(value))
+    except ValueError:
+        raise ConfigError(flag, value, what) from None
+    if number <= 0:
+        raise ConfigError(flag, value, what)
+    return number
+
+
+@dataclass(frozen=True)
+class DataDir:
+    """Where everything lives under ``--data DIR``."""
+
+    root: Path
+
+    @property
+    def users(self) -> Path:
+        return self.root / "users"
+
+    @property
+    def outbox(self) -> Path:
+        return self.root / "outbox"
+
+    @property
+    def events(self) -> Path:
+        return self.root / "events.jsonl"
+
+    def mailbox(self, account: str) -> Path:
+        return self.root / "mail" / account
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Protocol limits; each names the RFC text it follows."""
+
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    """SIZE advertised in EHLO and enforced with 552 5.3.4 (RFC 1870)."""
+    max_recipients: int = 100
+    """RFC 5321 §4.5.3.1.8: at least 100 must be accepted; the next gets 452 4.5.3."""
+    smtp_idle_timeout: float = 300.0
+    """RFC 5321 §4.5.3.2.7: a server SHOULD wait at least 5 minutes for a command."""
+    pop3_idle_timeout: float = 600.0
+    """RFC 1939 §3: an autologout timer MUST be at least 10 minutes."""
+    max_auth_failures: int = 3
+    """RFC 4954 §4: failures tolerated on one SMTP session before it is closed."""
+    max_bad_commands: int = 20
+    """Unknown or malformed commands on one session before 421 / -ERR and close."""
+
+
+@dataclass(frozen=True)
+class Listeners:
+    """TCP ports to listen on; 0 asks the kernel for a free one."""
+
+    smtp: int = 2525
+    submission: int = 2587
+    pop3: int = 2110
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    data_dir: Path
+    host: str = "127.0.0.1"
+    listeners: Listeners = field(default_factory=Listeners)
+    domains: tuple[str, ...] = ()
+    """Local domains; empty means the domains of the accounts, read at each decision."""
+    schemes: Schemes = field(
+        default_factory=lambda: Schemes(Schedule.on(), Schedule.on(), DEFAULT_POP_WINDOW)
+    )
+    now: datetime | None = None
+    limits: Limits = field(default_factory=Limits)
+    hostname: str = "localhost"
+    bcrypt_cost: int = 12

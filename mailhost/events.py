@@ -1,0 +1,51 @@
+"""Every login and decision as a structured event.
+
+Events are plain dicts (JSON-ready) with a sequence number, so a reader can ask
+for "everything after N". The in-memory log is bounded; the JSON-lines file
+(``DIR/events.jsonl``) is append-only and flushed per event, not fsync'd: it is
+an audit trail for people, not a store a 250 depends on.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+POP_LOGIN = "pop3-login"
+POP_LOGIN_FAILED = "pop3-login-failed"
+SMTP_AUTH = "smtp-auth"
+SMTP_AUTH_FAILED = "smtp-auth-failed"
+SMTP_DECISION = "smtp-decision"
+MESSAGE_STORED = "message-stored"
+
+DEFAULT_MAX_EVENTS = 10_000
+
+
+class EventLog:
+    def __init__(self, path: Path | None = None, max_events: int = DEFAULT_MAX_EVENTS) -> None:
+        self._events: deque[dict[str, Any]] = deque(maxlen=max_events)
+        self._seq = 0
+        self._file: IO[str] | None = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(path, "a", encoding="utf-8")
+
+    def emit(self, kind: str, at: datetime, **fields: Any) -> dict[str, Any]:
+        self._seq += 1
+        event = {"seq": self._seq, "at": at.isoformat(), "kind": kind, **fields}
+        self._events.append(event)
+        if self._file is not None:
+            self._file.write(json.dumps(event, sort_keys=False) + "\n")
+            self._file.flush()
+        return event
+
+    def recent(self, kind: str | None = None, after: int = 0) -> list[dict[str, Any]]:
+        return [e for e in self._events if e["seq"] > after and (kind is None or e["kind"] == kind)]
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None

@@ -1,0 +1,51 @@
+"""What the POP3 and SMTP sides share: one realm, one login table, one clock, one log.
+
+A :class:`Provider` is built once per server (by ``service.py``, or by
+``testing.make_provider`` in tests) and handed to both protocol factories.
+``schemes`` is replaced as a whole when a scheme is switched at run time, so a
+decision always sees one consistent set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from twisted.cred.portal import Portal
+
+from mailhost.accounts import Accounts, BcryptChecker
+from mailhost.blocking import RunBlocking
+from mailhost.clock import ServerClock
+from mailhost.config import DataDir, Limits
+from mailhost.events import EventLog
+from mailhost.policy import Schemes
+from mailhost.pop_logins import PopLoginTable
+
+
+@dataclass(eq=False)
+class Provider:
+    data: DataDir
+    clock: ServerClock
+    accounts: Accounts
+    logins: PopLoginTable
+    events: EventLog
+    schemes: Schemes
+    run_blocking: RunBlocking
+    limits: Limits = field(default_factory=Limits)
+    hostname: str = "localhost"
+    configured_domains: tuple[str, ...] = ()
+
+    def now(self) -> datetime:
+        return self.clock.now()
+
+    def local_domains(self) -> frozenset[str]:
+        """The configured domains, or else the domains of the current accounts."""
+        if self.configured_domains:
+            return frozenset(self.configured_domains)
+        return self.accounts.domains()
+
+    def checker(self) -> BcryptChecker:
+        return BcryptChecker(self.accounts, self.run_blocking)
+
+    def portal(self, realm: object) -> Portal:
+        return Portal(realm, [self.checker()])

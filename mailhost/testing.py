@@ -1,0 +1,65 @@
+"""Builders for tests: a Provider on a temporary directory with a fake clock.
+
+Everything runs inline (bcrypt at cost 4, fsync on the calling thread), so a
+protocol test drives a server over ``StringTransport`` with no reactor at all.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from twisted.internet.task import Clock
+
+from mailhost.accounts import AccountFile, Accounts
+from mailhost.blocking import run_inline
+from mailhost.clock import ServerClock
+from mailhost.config import DataDir, Limits
+from mailhost.events import EventLog
+from mailhost.policy import Schemes
+from mailhost.pop_logins import PopLoginTable
+from mailhost.provider import Provider
+from mailhost.schedule import Schedule
+
+TEST_COST = 4
+DEFAULT_START = datetime(2013, 9, 1, 23, 59, tzinfo=UTC)
+DEMO_ACCOUNTS = {"alice@example.org": "alice-secret", "bob@example.org": "bob-secret"}
+
+
+def make_clock(start: datetime = DEFAULT_START) -> Clock:
+    """A task.Clock whose seconds() reads ``start`` as a Unix timestamp."""
+    clock = Clock()
+    clock.advance(start.timestamp())
+    return clock
+
+
+def make_provider(
+    root: Path,
+    reactor_clock: Clock | None = None,
+    accounts: dict[str, str] | None = None,
+    smtp_auth: Schedule | None = None,
+    smtp_after_pop: Schedule | None = None,
+    pop_window: timedelta = timedelta(minutes=10),
+    limits: Limits | None = None,
+    domains: tuple[str, ...] = (),
+) -> Provider:
+    data = DataDir(root)
+    account_file = AccountFile(data.users)
+    for address, password in (DEMO_ACCOUNTS if accounts is None else accounts).items():
+        account_file.add(address, password, cost=TEST_COST)
+    return Provider(
+        data=data,
+        clock=ServerClock(reactor_clock if reactor_clock is not None else make_clock()),
+        accounts=Accounts(account_file),
+        logins=PopLoginTable(),
+        events=EventLog(data.events),
+        schemes=Schemes(
+            smtp_auth if smtp_auth is not None else Schedule.on(),
+            smtp_after_pop if smtp_after_pop is not None else Schedule.on(),
+            pop_window,
+        ),
+        run_blocking=run_inline,
+        limits=limits if limits is not None else Limits(),
+        hostname="mail.example.org",
+        configured_domains=domains,
+    )
