@@ -114,13 +114,17 @@ class AccountFile:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield
 
-    def _write(self, accounts: dict[str, str]) -> None:
-        header = "# mailhost accounts (Dovecot passwd-file): address:{BLF-CRYPT}hash\n"
-        body = "".join(f"{name}:{stored}\n" for name, stored in sorted(accounts.items()))
+    def _lines(self) -> list[str]:
+        try:
+            return self.path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return ["# mailhost accounts (Dovecot passwd-file): address:{BLF-CRYPT}hash"]
+
+    def _write(self, lines: list[str]) -> None:
         fd, tmp = tempfile.mkstemp(prefix=".users.", dir=self.path.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(header + body)
+                f.write("".join(line + "\n" for line in lines))
                 f.flush()
                 os.fsync(f.fileno())
             os.chmod(tmp, 0o600)
@@ -134,36 +138,49 @@ class AccountFile:
         finally:
             os.close(dir_fd)
 
+    def _change(self, name: str, stored: str | None, *, exists: bool) -> None:
+        """Rewrite the line of ``name`` (None deletes it), keeping every other line as it was.
+
+        Comments and extra Dovecot fields (``:uid:gid:…``) survive, so the file
+        stays usable by Dovecot after mailhost edits it.
+        """
+        with self._locked():
+            lines = self._lines()
+            index = next(
+                (
+                    i
+                    for i, line in enumerate(lines)
+                    if not line.lstrip().startswith("#")
+                    and line.partition(":")[0].strip().lower() == name
+                ),
+                None,
+            )
+            if exists and index is None:
+                raise AccountError(f"no account {name}")
+            if not exists and index is not None:
+                raise AccountError(f"account {name} already exists")
+            if index is None:
+                lines.append(f"{name}:{stored}")
+            elif stored is None:
+                del lines[index]
+            else:
+                extra = lines[index].split(":", 2)[2:]
+                lines[index] = ":".join([name, stored, *extra])
+            self._write(lines)
+
     def add(self, address: str, password: str, cost: int = DEFAULT_COST) -> str:
         name = _account(address)
-        stored = hash_password(password, cost)
-        with self._locked():
-            accounts = self.read()
-            if name in accounts:
-                raise AccountError(f"account {name} already exists")
-            accounts[name] = stored
-            self._write(accounts)
+        self._change(name, hash_password(password, cost), exists=False)
         return name
 
     def set_password(self, address: str, password: str, cost: int = DEFAULT_COST) -> str:
         name = _account(address)
-        stored = hash_password(password, cost)
-        with self._locked():
-            accounts = self.read()
-            if name not in accounts:
-                raise AccountError(f"no account {name}")
-            accounts[name] = stored
-            self._write(accounts)
+        self._change(name, hash_password(password, cost), exists=True)
         return name
 
     def remove(self, address: str) -> str:
         name = _account(address)
-        with self._locked():
-            accounts = self.read()
-            if name not in accounts:
-                raise AccountError(f"no account {name}")
-            del accounts[name]
-            self._write(accounts)
+        self._change(name, None, exists=True)
         return name
 
 

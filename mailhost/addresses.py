@@ -24,7 +24,8 @@ _DOT_STRING = re.compile(rf"{_ATEXT}+(?:\.{_ATEXT}+)*\Z")
 _QUOTED_STRING = re.compile(r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"\Z')
 _SUB_DOMAIN = r"[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?"
 _DOMAIN = re.compile(rf"{_SUB_DOMAIN}(?:\.{_SUB_DOMAIN})*\Z")
-_ROUTE = re.compile(rf"@{_SUB_DOMAIN}(?:\.{_SUB_DOMAIN})*(?:,@{_SUB_DOMAIN}(?:\.{_SUB_DOMAIN})*)*:")
+_AT_DOMAIN = rf"@(?:{_SUB_DOMAIN}(?:\.{_SUB_DOMAIN})*|\[[^\]\s]+\])"
+_ROUTE = re.compile(rf"{_AT_DOMAIN}(?:,{_AT_DOMAIN})*:")
 
 
 class AddressError(ValueError):

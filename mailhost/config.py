@@ -64,7 +64,7 @@ def parse_state(text: str, flag: str) -> Schedule:
 
 
 def parse_duration(text: str, flag: str) -> timedelta:
-    match = re.fullmatch(r"\s*(\d+)\s*([smh]?)\s*", text.lower())
+    match = re.fullmatch(r"\s*([0-9]+)\s*([smh]?)\s*", text.lower())
     if not match:
         raise ConfigError(flag, text, DURATION_FORMS)
     amount = int(match.group(1))
@@ -75,11 +75,11 @@ def parse_duration(text: str, flag: str) -> timedelta:
 
 
 def parse_port(value: object, flag: str) -> int:
-    try:
-        port = int(str(value))
-    except ValueError:
-        raise ConfigError(flag, value, PORT_FORMS) from None
-    if not 0 <= port <= 65535:
+    text = str(value).strip()
+    if not re.fullmatch(r"[0-9]{1,5}", text):
+        raise ConfigError(flag, value, PORT_FORMS)
+    port = int(text)
+    if port > 65535:
         raise ConfigError(flag, value, PORT_FORMS)
     return port
 
@@ -95,13 +95,10 @@ def parse_domain(text: str, flag: str = "--domain") -> str:
 
 
 def parse_positive(value: object, flag: str, what: str) -> int:
-    try:
-        number = int(str(value))
-    except ValueError:
-        raise ConfigError(flag, value, what) from None
-    if number <= 0:
+    text = str(value).strip()
+    if not re.fullmatch(r"[0-9]+", text) or int(text) <= 0:
         raise ConfigError(flag, value, what)
-    return number
+    return int(text)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
@@ -24,13 +25,32 @@ MESSAGE_STORED = "message-stored"
 DEFAULT_MAX_EVENTS = 10_000
 
 
+def _last_seq(path: Path) -> int:
+    """The sequence number of the file's last event, so numbering goes on after a restart."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 65536))
+            tail = f.read().splitlines()
+    except FileNotFoundError:
+        return 0
+    for line in reversed(tail):
+        try:
+            return int(json.loads(line)["seq"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return 0
+
+
 class EventLog:
     def __init__(self, path: Path | None = None, max_events: int = DEFAULT_MAX_EVENTS) -> None:
         self._events: deque[dict[str, Any]] = deque(maxlen=max_events)
         self._seq = 0
         self._file: IO[str] | None = None
+        self._subscribers: list[Callable[[dict[str, Any]], None]] = []
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
+            self._seq = _last_seq(path)
             self._file = open(path, "a", encoding="utf-8")
 
     def emit(self, kind: str, at: datetime, **fields: Any) -> dict[str, Any]:
@@ -40,7 +60,13 @@ class EventLog:
         if self._file is not None:
             self._file.write(json.dumps(event, sort_keys=False) + "\n")
             self._file.flush()
+        for subscriber in self._subscribers:
+            subscriber(event)
         return event
+
+    def subscribe(self, subscriber: Callable[[dict[str, Any]], None]) -> None:
+        """Call ``subscriber`` with every event from now on (console, live views)."""
+        self._subscribers.append(subscriber)
 
     def recent(self, kind: str | None = None, after: int = 0) -> list[dict[str, Any]]:
         return [e for e in self._events if e["seq"] > after and (kind is None or e["kind"] == kind)]

@@ -150,7 +150,7 @@ def explain_refusal(request: Request, schemes: Schemes, grant: Grant | None, now
     pop_off = _scheme_state(SMTP_AFTER_POP, schemes.smtp_after_pop, now)
     if pop_off is None:
         would.append(f"a POP3 login from {ip} in the last {window} (SMTP-after-POP)")
-        if grant is not None and _same_ip(grant.ip, ip):
+        if grant is not None and _same_ip(grant.ip, ip) and grant.granted_at <= now:
             age = _seconds(now - grant.granted_at)
             why_not.append(
                 f"the last POP3 login from {ip} ({grant.account}, {age} ago) "

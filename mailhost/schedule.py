@@ -71,4 +71,4 @@ class Schedule:
             return "off"
         if self.off_at is None:
             return "on"
-        return "until:" + self.off_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return "until:" + self.off_at.isoformat().replace("+00:00", "Z")

@@ -1,0 +1,147 @@
+"""EventLog: numbered events in a bounded memory log and an append-only JSON-lines file."""
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from mailhost.events import POP_LOGIN, SMTP_DECISION, EventLog
+
+AT = datetime(2013, 9, 1, 23, 59, tzinfo=UTC)
+
+
+@pytest.fixture
+def log():
+    events = EventLog()
+    yield events
+    events.close()
+
+
+def test_emit_numbers_events_from_one(log: EventLog):
+    """Each event gets the next sequence number, starting at 1."""
+    seqs = [log.emit(POP_LOGIN, AT)["seq"] for _ in range(3)]
+    assert seqs == [1, 2, 3]
+
+
+def test_an_event_carries_kind_instant_and_fields(log: EventLog):
+    """An event is a plain dict with seq, ISO instant, kind and the given fields."""
+    event = log.emit(POP_LOGIN, AT, ip="127.0.0.2", account="alice@example.org")
+    assert event == {
+        "seq": 1,
+        "at": "2013-09-01T23:59:00+00:00",
+        "kind": POP_LOGIN,
+        "ip": "127.0.0.2",
+        "account": "alice@example.org",
+    }
+
+
+def test_memory_is_bounded():
+    """Past max_events the oldest events are forgotten."""
+    log = EventLog(max_events=3)
+    for _ in range(5):
+        log.emit(POP_LOGIN, AT)
+    assert [e["seq"] for e in log.recent()] == [3, 4, 5]
+
+
+def test_sequence_numbers_keep_counting_after_eviction():
+    """Forgetting old events never reuses their numbers."""
+    log = EventLog(max_events=1)
+    log.emit(POP_LOGIN, AT)
+    log.emit(POP_LOGIN, AT)
+    assert log.emit(POP_LOGIN, AT)["seq"] == 3
+
+
+def test_recent_filters_by_kind(log: EventLog):
+    """recent(kind) returns only events of that kind, in order."""
+    log.emit(POP_LOGIN, AT)
+    log.emit(SMTP_DECISION, AT)
+    log.emit(POP_LOGIN, AT)
+    assert [e["seq"] for e in log.recent(POP_LOGIN)] == [1, 3]
+
+
+def test_recent_after_returns_only_later_events(log: EventLog):
+    """recent(after=n) returns the events numbered above n."""
+    for _ in range(4):
+        log.emit(POP_LOGIN, AT)
+    assert [e["seq"] for e in log.recent(after=2)] == [3, 4]
+
+
+def test_recent_combines_kind_and_after(log: EventLog):
+    """Kind and sequence filters apply together."""
+    log.emit(POP_LOGIN, AT)
+    log.emit(SMTP_DECISION, AT)
+    log.emit(POP_LOGIN, AT)
+    log.emit(SMTP_DECISION, AT)
+    assert [e["seq"] for e in log.recent(SMTP_DECISION, after=2)] == [4]
+
+
+def test_recent_on_an_empty_log_is_empty(log: EventLog):
+    """A fresh log has no events."""
+    assert log.recent() == []
+
+
+def test_events_are_written_as_parseable_json_lines(tmp_path: Path):
+    """Every emitted event is one JSON object per line, flushed at once."""
+    path = tmp_path / "events.jsonl"
+    log = EventLog(path)
+    try:
+        first = log.emit(POP_LOGIN, AT, ip="127.0.0.2")
+        second = log.emit(SMTP_DECISION, AT, allowed=False, code=550)
+        lines = path.read_text(encoding="utf-8").splitlines()
+        assert [json.loads(line) for line in lines] == [first, second]
+    finally:
+        log.close()
+
+
+def test_the_file_is_appended_to_not_truncated(tmp_path: Path):
+    """A new EventLog on an existing file keeps the earlier lines."""
+    path = tmp_path / "events.jsonl"
+    first = EventLog(path)
+    first.emit(POP_LOGIN, AT, run=1)
+    first.close()
+    second = EventLog(path)
+    second.emit(POP_LOGIN, AT, run=2)
+    second.close()
+    runs = [json.loads(line)["run"] for line in path.read_text(encoding="utf-8").splitlines()]
+    assert runs == [1, 2]
+
+
+def test_the_files_directory_is_created(tmp_path: Path):
+    """The event file's parent directory is made if missing."""
+    path = tmp_path / "data" / "events.jsonl"
+    log = EventLog(path)
+    log.emit(POP_LOGIN, AT)
+    log.close()
+    assert path.is_file()
+
+
+def test_close_is_idempotent_and_memory_stays_readable(tmp_path: Path):
+    """Closing twice is harmless and recent() still answers after close."""
+    log = EventLog(tmp_path / "events.jsonl")
+    log.emit(POP_LOGIN, AT)
+    log.close()
+    log.close()
+    assert [e["seq"] for e in log.recent()] == [1]
+
+
+def test_numbering_continues_after_a_restart(tmp_path: Path):
+    """A new log on an existing file goes on from the file's last sequence number."""
+    path = tmp_path / "events.jsonl"
+    first = EventLog(path)
+    first.emit(POP_LOGIN, datetime(2013, 9, 1, tzinfo=UTC))
+    first.emit(POP_LOGIN, datetime(2013, 9, 1, tzinfo=UTC))
+    first.close()
+    second = EventLog(path)
+    assert second.emit(SMTP_DECISION, datetime(2013, 9, 1, tzinfo=UTC))["seq"] == 3
+    second.close()
+    seqs = [json.loads(line)["seq"] for line in path.read_text().splitlines()]
+    assert seqs == [1, 2, 3]
+
+
+def test_subscribers_see_every_new_event(log: EventLog):
+    """A subscriber is called with each event emitted after it subscribed."""
+    seen: list[dict] = []
+    log.subscribe(seen.append)
+    event = log.emit(POP_LOGIN, datetime(2013, 9, 1, tzinfo=UTC), ip="127.0.0.2")
+    assert seen == [event]
