@@ -2,8 +2,9 @@
 
 Events are plain dicts (JSON-ready) with a sequence number, so a reader can ask
 for "everything after N". The in-memory log is bounded; the JSON-lines file
-(``DIR/events.jsonl``) is append-only and flushed per event, not fsync'd: it is
-an audit trail for people, not a store a 250 depends on.
+(``DIR/events.jsonl``) is append-only, opened for each event (so no descriptor
+is held and rotation by rename is safe) and not fsync'd: it is an audit trail
+for people, not a store a 250 depends on.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 POP_LOGIN = "pop3-login"
 POP_LOGIN_FAILED = "pop3-login-failed"
@@ -46,20 +47,19 @@ class EventLog:
     def __init__(self, path: Path | None = None, max_events: int = DEFAULT_MAX_EVENTS) -> None:
         self._events: deque[dict[str, Any]] = deque(maxlen=max_events)
         self._seq = 0
-        self._file: IO[str] | None = None
+        self._path = path
         self._subscribers: list[Callable[[dict[str, Any]], None]] = []
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._seq = _last_seq(path)
-            self._file = open(path, "a", encoding="utf-8")
 
     def emit(self, kind: str, at: datetime, **fields: Any) -> dict[str, Any]:
         self._seq += 1
         event = {"seq": self._seq, "at": at.isoformat(), "kind": kind, **fields}
         self._events.append(event)
-        if self._file is not None:
-            self._file.write(json.dumps(event, sort_keys=False) + "\n")
-            self._file.flush()
+        if self._path is not None:
+            with open(self._path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(event) + "\n")
         for subscriber in self._subscribers:
             subscriber(event)
         return event
@@ -72,6 +72,5 @@ class EventLog:
         return [e for e in self._events if e["seq"] > after and (kind is None or e["kind"] == kind)]
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        """Stop appending to the file; the in-memory log stays readable."""
+        self._path = None

@@ -65,18 +65,21 @@ class LineProtocol(protocol.Protocol, TimeoutMixin):
 
     def _wait(self, d: defer.Deferred) -> None:
         self._paused = True
-        if self.transport is not None:
-            self.transport.pauseProducing()
+        transport_paused = False
 
         def resume(result: object) -> object:
             self._paused = False
             if not self._closed and self.transport is not None:
-                self.transport.resumeProducing()
+                if transport_paused:
+                    self.transport.resumeProducing()
                 self._drain()
             return result
 
         d.addBoth(resume)
         d.addErrback(log.err, "unhandled error in a line handler")
+        if self._paused and not self._closed and self.transport is not None:
+            transport_paused = True
+            self.transport.pauseProducing()
 
     def discard_buffered_input(self) -> None:
         """Drop every byte received but not yet handled (used when TLS starts)."""

@@ -170,6 +170,10 @@ def decide(request: Request, schemes: Schemes, grant: Grant | None, now: datetim
     """Decide one MAIL or RCPT command. Total: every input gets a Decision."""
     if request.recipient is Recipient.UNKNOWN_LOCAL:
         return Decision(False, 550, "5.1.1", "no such mailbox here")
+    if request.role is Role.MX and request.recipient is None:
+        return Decision(True, 250, "2.1.0", "sender accepted; recipients decide relaying")
+    if request.role is Role.MX and request.recipient is Recipient.LOCAL:
+        return Decision(True, 250, "2.1.5", "local delivery: the MX port accepts it from anyone")
     auth = _authorise(request, schemes, grant, now)
     if auth is not None:
         code, enhanced = (250, "2.1.0") if request.recipient is None else (250, "2.1.5")
@@ -179,9 +183,5 @@ def decide(request: Request, schemes: Schemes, grant: Grant | None, now: datetim
             request, schemes, grant, now
         )
         return Decision(False, 530, "5.7.0", reason)
-    if request.recipient is None:
-        return Decision(True, 250, "2.1.0", "sender accepted; recipients decide relaying")
-    if request.recipient is Recipient.LOCAL:
-        return Decision(True, 250, "2.1.5", "local delivery: the MX port accepts it from anyone")
     reason = "relaying denied: " + explain_refusal(request, schemes, grant, now)
     return Decision(False, 550, "5.7.1", reason)

@@ -6,6 +6,8 @@ protocol test drives a server over ``StringTransport`` with no reactor at all.
 
 from __future__ import annotations
 
+import poplib
+import socket
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from twisted.internet.task import Clock
 
 from mailhost.accounts import AccountFile, Accounts
 from mailhost.blocking import run_inline
+from mailhost.cli import DEMO_ACCOUNTS
 from mailhost.clock import ServerClock
 from mailhost.config import DataDir, Limits
 from mailhost.events import EventLog
@@ -23,7 +26,6 @@ from mailhost.schedule import Schedule
 
 TEST_COST = 4
 DEFAULT_START = datetime(2013, 9, 1, 23, 59, tzinfo=UTC)
-DEMO_ACCOUNTS = {"alice@example.org": "alice-secret", "bob@example.org": "bob-secret"}
 
 
 def make_clock(start: datetime = DEFAULT_START) -> Clock:
@@ -63,3 +65,20 @@ def make_provider(
         hostname="mail.example.org",
         configured_domains=domains,
     )
+
+
+class SourcePOP3(poplib.POP3):
+    """poplib.POP3 that connects from a chosen local address (127.0.0.2, …).
+
+    smtplib takes ``source_address``; poplib does not, and simulating several
+    client addresses on one machine is how SMTP-after-POP is tested.
+    """
+
+    def __init__(self, host: str, port: int, source: str, timeout: float = 10.0) -> None:
+        self._source = source
+        super().__init__(host, port, timeout)
+
+    def _create_socket(self, timeout: float) -> socket.socket:
+        return socket.create_connection(
+            (self.host, self.port), timeout, source_address=(self._source, 0)
+        )

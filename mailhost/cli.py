@@ -1,0 +1,282 @@
+"""The ``mailhost`` command: argv → typed config → one dispatch.
+
+Click only translates arguments; parsing and validation live in
+``config.py``, so a bad value is reported with the flag, the value and the
+accepted forms, and exits 2 without a traceback. This is the one module that
+touches the global reactor.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mailhost import __version__
+from mailhost.accounts import DEFAULT_COST, AccountError, AccountFile, verify_password
+from mailhost.config import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    ConfigError,
+    DataDir,
+    Limits,
+    Listeners,
+    ServeConfig,
+    parse_domain,
+    parse_duration,
+    parse_instant,
+    parse_port,
+    parse_positive,
+    parse_state,
+)
+from mailhost.policy import Schemes
+
+DEMO_ACCOUNTS = {"alice@example.org": "alice-secret", "bob@example.org": "bob-secret"}
+DEMO_COST = 10
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def _parsed(parse: Callable[..., Any], *extra: Any) -> Callable[..., Any]:
+    """A click callback that runs a config parser and reports ConfigError as click does."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is None:
+            return None
+        flag = param.opts[0]
+        try:
+            if isinstance(value, tuple):
+                return tuple(parse(v, flag, *extra) for v in value)
+            return parse(value, flag, *extra)
+        except ConfigError as e:
+            raise click.BadParameter(f"{e.value!r}; expected {e.accepted}") from None
+
+    return callback
+
+
+def data_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--data",
+        "data_dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        envvar="MAILHOST_DATA",
+        default=Path("mailhost-data"),
+        show_default=True,
+        help="Data directory (accounts, Maildirs, outbox, event log). Env: MAILHOST_DATA.",
+    )(f)
+
+
+def fail(message: str) -> None:
+    click.echo(f"mailhost: error: {message}", err=True)
+    sys.exit(2)
+
+
+@click.group()
+@click.version_option(__version__, prog_name="mailhost")
+def main() -> None:
+    """A POP3 + ESMTP provider where SMTP-Auth and SMTP-after-POP live side by side."""
+
+
+@main.group()
+def user() -> None:
+    """Manage accounts in DIR/users (Dovecot passwd-file, bcrypt hashes)."""
+
+
+def _read_password(password_stdin: bool) -> str:
+    if password_stdin:
+        text = sys.stdin.read()
+        if text.endswith("\r\n"):
+            return text[:-2]
+        return text.removesuffix("\n")
+    return click.prompt("Password", hide_input=True, confirmation_prompt=True)
+
+
+def _account_file(data_dir: Path) -> AccountFile:
+    return AccountFile(DataDir(data_dir).users)
+
+
+@user.command("add")
+@click.argument("address")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@click.option("--cost", default=DEFAULT_COST, show_default=True, help="bcrypt cost factor.")
+@data_option
+def user_add(address: str, password_stdin: bool, cost: int, data_dir: Path) -> None:
+    """Create the account ADDRESS."""
+    try:
+        name = _account_file(data_dir).add(address, _read_password(password_stdin), cost)
+    except AccountError as e:
+        fail(str(e))
+    click.echo(f"added {name}")
+
+
+@user.command("passwd")
+@click.argument("address")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@click.option("--cost", default=DEFAULT_COST, show_default=True, help="bcrypt cost factor.")
+@data_option
+def user_passwd(address: str, password_stdin: bool, cost: int, data_dir: Path) -> None:
+    """Set a new password for ADDRESS."""
+    try:
+        name = _account_file(data_dir).set_password(address, _read_password(password_stdin), cost)
+    except AccountError as e:
+        fail(str(e))
+    click.echo(f"password changed for {name}")
+
+
+@user.command("del")
+@click.argument("address")
+@data_option
+def user_del(address: str, data_dir: Path) -> None:
+    """Delete the account ADDRESS (its Maildir is kept)."""
+    try:
+        name = _account_file(data_dir).remove(address)
+    except AccountError as e:
+        fail(str(e))
+    click.echo(f"deleted {name}")
+
+
+@user.command("list")
+@data_option
+def user_list(data_dir: Path) -> None:
+    """List the accounts, one per line."""
+    for name in sorted(_account_file(data_dir).read()):
+        click.echo(name)
+
+
+def ensure_demo_accounts(data: DataDir) -> dict[str, str]:
+    """Create (or reset) the demo accounts with their well-known passwords."""
+    account_file = AccountFile(data.users)
+    existing = account_file.read()
+    for address, password in DEMO_ACCOUNTS.items():
+        stored = existing.get(address)
+        if stored is None:
+            account_file.add(address, password, DEMO_COST)
+        elif not verify_password(password.encode(), stored):
+            account_file.set_password(address, password, DEMO_COST)
+    return dict(DEMO_ACCOUNTS)
+
+
+@main.command()
+@data_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--smtp-port",
+    default="2525",
+    show_default=True,
+    callback=_parsed(parse_port),
+    help="SMTP (MX role: local mail from anyone, relaying needs authorisation).",
+)
+@click.option(
+    "--submission-port",
+    default="2587",
+    show_default=True,
+    callback=_parsed(parse_port),
+    help="Submission (RFC 6409: everything needs authorisation).",
+)
+@click.option("--pop3-port", default="2110", show_default=True, callback=_parsed(parse_port))
+@click.option(
+    "--domain",
+    "domains",
+    multiple=True,
+    callback=_parsed(parse_domain),
+    help="A local domain (repeatable). Default: the domains of the accounts.",
+)
+@click.option(
+    "--smtp-auth",
+    default="on",
+    show_default=True,
+    callback=_parsed(parse_state),
+    help="SMTP-Auth: on, off, or until:<ISO date/datetime>.",
+)
+@click.option(
+    "--smtp-after-pop",
+    default="on",
+    show_default=True,
+    callback=_parsed(parse_state),
+    help="SMTP-after-POP: on, off, or until:<ISO date/datetime>.",
+)
+@click.option(
+    "--pop-window",
+    default="10m",
+    show_default=True,
+    callback=_parsed(parse_duration),
+    help="How long a POP3 login lets its IP send (600, 30s, 10m, 2h).",
+)
+@click.option("--now", callback=_parsed(parse_instant), help="Start the server clock here.")
+@click.option(
+    "--max-message-size",
+    default=str(DEFAULT_MAX_MESSAGE_SIZE),
+    show_default=True,
+    callback=_parsed(parse_positive, "a number of bytes greater than zero"),
+    help="Largest message accepted (advertised as SIZE).",
+)
+@click.option("--hostname", default=None, help="Name in greetings and Received headers.")
+@click.option(
+    "--demo-accounts",
+    is_flag=True,
+    help="Create alice@example.org and bob@example.org with printed passwords (loopback only).",
+)
+def serve(
+    data_dir: Path,
+    host: str,
+    smtp_port: int,
+    submission_port: int,
+    pop3_port: int,
+    domains: tuple[str, ...],
+    smtp_auth: Any,
+    smtp_after_pop: Any,
+    pop_window: Any,
+    now: Any,
+    max_message_size: int,
+    hostname: str | None,
+    demo_accounts: bool,
+) -> None:
+    """Run the provider until interrupted; prints one JSON line when ready."""
+    config = ServeConfig(
+        data_dir=data_dir,
+        host=host,
+        listeners=Listeners(smtp=smtp_port, submission=submission_port, pop3=pop3_port),
+        domains=domains,
+        schemes=Schemes(smtp_auth, smtp_after_pop, pop_window),
+        now=now,
+        limits=Limits(max_message_size=max_message_size),
+        hostname=hostname or socket.gethostname() or "localhost",
+    )
+    if demo_accounts:
+        if host not in LOOPBACK_HOSTS and not host.startswith("127."):
+            fail("--demo-accounts has well-known passwords; use it only with a loopback --host")
+        for address, password in ensure_demo_accounts(DataDir(data_dir)).items():
+            click.echo(f"demo account {address} password {password}", err=True)
+    from twisted.internet import task
+
+    task.react(_run_server, (config,))
+
+
+def _print_event(event: dict[str, Any]) -> None:
+    fields = " ".join(
+        f"{k}={v}" for k, v in event.items() if k not in ("seq", "at", "kind") and v is not None
+    )
+    click.echo(f"{event['at']} {event['kind']} {fields}", err=True)
+
+
+async def _run_server(reactor: Any, config: ServeConfig) -> None:
+    from twisted.internet import defer
+
+    from mailhost.service import ListenError, MailhostService
+
+    service = MailhostService(config, reactor)
+    service.provider.events.subscribe(_print_event)
+    service.startService()
+    try:
+        ports = await service.ready
+    except ListenError as e:
+        await defer.maybeDeferred(service.stopService)
+        click.echo(f"mailhost: error: {e}", err=True)
+        raise SystemExit(1) from None
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    click.echo(json.dumps(service.ready_report(ports)), nl=True)
+    sys.stdout.flush()
+    await defer.Deferred()

@@ -1,0 +1,198 @@
+"""Assemble a running provider from a ServeConfig.
+
+One :class:`Provider` (realm, login table, clock, event log) is shared by
+every listener. Listeners are endpoint strings parsed by ``serverFromString``
+in :func:`endpoint_description` and nowhere else; ``ready`` fires once all of
+them listen, with the ports the kernel bound (port 0 picks a free one).
+The reactor is a parameter throughout; only the CLI and tests choose one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from twisted.application.service import MultiService, Service
+from twisted.internet import defer, endpoints
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory
+from twisted.internet.task import LoopingCall
+from twisted.python.threadpool import ThreadPool
+
+from mailhost.accounts import AccountFile, Accounts
+from mailhost.blocking import RunBlocking, thread_pool_runner
+from mailhost.clock import ServerClock
+from mailhost.config import DataDir, ServeConfig
+from mailhost.events import EventLog
+from mailhost.policy import Role
+from mailhost.pop3 import POP3Factory
+from mailhost.pop_logins import PopLoginTable
+from mailhost.provider import Provider
+from mailhost.smtp import SMTPFactory
+
+PRUNE_INTERVAL = 60.0
+LISTENER_FLAGS = {"smtp": "--smtp-port", "submission": "--submission-port", "pop3": "--pop3-port"}
+
+
+class ListenError(Exception):
+    """A listener could not bind; names the listener, host and port."""
+
+    def __init__(self, name: str, host: str, port: int, reason: str) -> None:
+        self.name = name
+        self.host = host
+        self.port = port
+        flag = LISTENER_FLAGS.get(name, name)
+        super().__init__(f"cannot listen on {host} port {port} ({flag}): {reason}")
+
+
+def endpoint_description(host: str, port: int) -> str:
+    return f"tcp:port={port}:interface={host.replace(':', chr(92) + ':')}"
+
+
+def build_provider(config: ServeConfig, clock: ServerClock, run_blocking: RunBlocking) -> Provider:
+    data = DataDir(config.data_dir)
+    data.root.mkdir(parents=True, exist_ok=True)
+    return Provider(
+        data=data,
+        clock=clock,
+        accounts=Accounts(AccountFile(data.users)),
+        logins=PopLoginTable(),
+        events=EventLog(data.events),
+        schemes=config.schemes,
+        run_blocking=run_blocking,
+        limits=config.limits,
+        hostname=config.hostname,
+        configured_domains=config.domains,
+    )
+
+
+@dataclass
+class _Listener:
+    name: str
+    factory: Factory
+    port: int
+
+
+class _ListenersService(Service):
+    """Binds every listener at start; ``ready`` fires with the bound ports."""
+
+    def __init__(self, reactor: Any, host: str, listeners: list[_Listener]) -> None:
+        self.reactor = reactor
+        self.host = host
+        self.listeners = listeners
+        self.ports: dict[str, IListeningPort] = {}
+        self.ready: defer.Deferred[dict[str, int]] = defer.Deferred()
+
+    def startService(self) -> None:
+        super().startService()
+        self._listen_all().chainDeferred(self.ready)
+
+    @defer.inlineCallbacks
+    def _listen_all(self) -> Any:
+        for listener in self.listeners:
+            endpoint = endpoints.serverFromString(
+                self.reactor, endpoint_description(self.host, listener.port)
+            )
+            try:
+                self.ports[listener.name] = yield endpoint.listen(listener.factory)
+            except CannotListenError as e:
+                yield self._stop_ports()
+                reason = getattr(e.socketError, "strerror", None) or str(e.socketError)
+                raise ListenError(listener.name, self.host, listener.port, reason) from None
+        return {name: port.getHost().port for name, port in self.ports.items()}
+
+    def _stop_ports(self) -> defer.Deferred:
+        ports, self.ports = self.ports, {}
+        return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports.values()])
+
+    def stopService(self) -> defer.Deferred:
+        super().stopService()
+        return self._stop_ports()
+
+
+class _ThreadPoolService(Service):
+    def __init__(self, pool: ThreadPool) -> None:
+        self.pool = pool
+
+    def startService(self) -> None:
+        super().startService()
+        self.pool.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.pool.stop()
+
+
+class _PruneService(Service):
+    """Frees memory held by expired logins; lookups never depend on it."""
+
+    def __init__(self, reactor: Any, provider: Provider) -> None:
+        self.provider = provider
+        self.loop = LoopingCall(self.prune)
+        self.loop.clock = reactor
+
+    def prune(self) -> None:
+        self.provider.logins.prune(self.provider.now(), self.provider.schemes.pop_window)
+
+    def startService(self) -> None:
+        super().startService()
+        self.loop.start(PRUNE_INTERVAL, now=False)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self.loop.running:
+            self.loop.stop()
+
+
+class MailhostService(MultiService):
+    """The whole provider: thread pool, shared state, and the listeners."""
+
+    def __init__(self, config: ServeConfig, reactor: Any) -> None:
+        super().__init__()
+        self.config = config
+        pool = ThreadPool(minthreads=0, maxthreads=4, name="mailhost-blocking")
+        _ThreadPoolService(pool).setServiceParent(self)
+        clock = ServerClock(reactor, start=config.now)
+        self.provider = build_provider(config, clock, thread_pool_runner(reactor, pool))
+        _PruneService(reactor, self.provider).setServiceParent(self)
+        listeners = [
+            _Listener("smtp", SMTPFactory(self.provider, Role.MX), config.listeners.smtp),
+            _Listener(
+                "submission",
+                SMTPFactory(self.provider, Role.SUBMISSION),
+                config.listeners.submission,
+            ),
+            _Listener("pop3", POP3Factory(self.provider), config.listeners.pop3),
+        ]
+        self._listeners = _ListenersService(reactor, config.host, listeners)
+        self._listeners.setServiceParent(self)
+
+    @property
+    def ready(self) -> defer.Deferred[dict[str, int]]:
+        return self._listeners.ready
+
+    def stopService(self) -> defer.Deferred:
+        d = defer.maybeDeferred(super().stopService)
+        d.addBoth(lambda result: (self.provider.events.close(), result)[1])
+        return d
+
+    def ready_report(self, ports: dict[str, int]) -> dict[str, Any]:
+        """The machine-readable line printed once every listener is up."""
+        now: datetime = self.provider.now()
+        schemes = self.provider.schemes
+        window: timedelta = schemes.pop_window
+        return {
+            "event": "ready",
+            "host": self.config.host,
+            "ports": ports,
+            "data": str(self.provider.data.root),
+            "now": now.isoformat(),
+            "schemes": {
+                "smtp-auth": schemes.smtp_auth.spec(),
+                "smtp-after-pop": schemes.smtp_after_pop.spec(),
+                "pop-window": int(window.total_seconds()),
+            },
+            "domains": sorted(self.provider.local_domains()),
+        }

@@ -1,0 +1,623 @@
+"""ESMTP for the MX and submission listeners: a thin adapter over ``delivery``.
+
+Written on :class:`mailhost.lines.LineProtocol` rather than on
+``twisted.mail.smtp.ESMTP``, which answers a pipelined QUIT before the storage
+Deferred fires (RFC 2920 §3.2), advertises AUTH whatever the schedule, allows
+AUTH inside a transaction, has no enhanced status codes (RFC 2034) or
+SIZE/8BITMIME/PIPELINING, and silently rewrites source-routed addresses.
+
+Every decision about who may send is :func:`mailhost.delivery.decide`'s; this
+module parses commands, keeps session state, enforces the protocol limits and
+turns answers into replies. Replies carry RFC 3463 enhanced codes except the
+greeting, the EHLO/HELO replies (RFC 2034 §3) and the 334/354 intermediates.
+
+Line limits: a command line is at most 512 octets (RFC 5321 §4.5.3.1.4), but
+an AUTH line or SASL response may reach 12288 (RFC 4954 §4), so the line
+buffer is sized for the latter and the 512 is checked per command here. A
+message text line is at most 1000 octets (§4.5.3.1.6).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from twisted.cred import error as cred_error
+from twisted.cred.credentials import UsernamePassword
+from twisted.internet import defer, protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mailhost import delivery, events, policy
+from mailhost.addresses import AddressError, parse_path
+from mailhost.lines import LineProtocol
+from mailhost.provider import Provider
+from mailhost.schedule import format_instant
+
+MAX_COMMAND_LINE = 512
+MAX_SASL_LINE = 12288
+MAX_TEXT_LINE = 1000
+
+LOGIN_USERNAME_CHALLENGE = base64.b64encode(b"Username:").decode("ascii")
+LOGIN_PASSWORD_CHALLENGE = base64.b64encode(b"Password:").decode("ascii")
+BODY_TYPES = ("7BIT", "8BITMIME")
+
+_log = Logger()
+
+
+class Refusal(Exception):
+    """A command refused with ``code enhanced text``."""
+
+    def __init__(self, code: int, enhanced: str, text: str) -> None:
+        super().__init__(f"{code} {enhanced} {text}")
+        self.code = code
+        self.enhanced = enhanced
+        self.text = text
+
+
+@dataclass(frozen=True)
+class PathArgument:
+    """``FROM:<path>`` or ``TO:<path>`` and its ``KEY[=VALUE]`` parameters (keys upper-cased)."""
+
+    path: str
+    parameters: dict[str, str | None]
+
+
+def _path_end(text: str) -> int:
+    """Index of the ``>`` closing the path that starts ``text`` (quoted parts may hold ``>``)."""
+    quoted = False
+    index = 1
+    while index < len(text):
+        char = text[index]
+        if quoted and char == "\\":
+            index += 2
+            continue
+        if char == '"':
+            quoted = not quoted
+        elif char == ">" and not quoted:
+            return index
+        index += 1
+    raise Refusal(501, "5.5.4", "unterminated path: expected <address>")
+
+
+def parse_path_argument(argument: str, keyword: str) -> PathArgument:
+    """Split a MAIL/RCPT argument; a space after the colon is tolerated, as most servers do."""
+    prefix = keyword + ":"
+    if argument[: len(prefix)].upper() != prefix:
+        raise Refusal(501, "5.5.4", f"Syntax: {prefix}<address>")
+    rest = argument[len(prefix) :].lstrip(" ")
+    if not rest.startswith("<"):
+        raise Refusal(501, "5.5.4", f"Syntax: {prefix}<address> (angle brackets are required)")
+    end = _path_end(rest)
+    path, tail = rest[: end + 1], rest[end + 1 :]
+    if tail and not tail.startswith(" "):
+        raise Refusal(501, "5.5.4", "parameters must follow the path after a space")
+    parameters: dict[str, str | None] = {}
+    for word in tail.split():
+        key, has_value, value = word.partition("=")
+        if not key or (has_value and not value):
+            raise Refusal(501, "5.5.4", f"bad parameter {word!r}")
+        parameters[key.upper()] = value if has_value else None
+    return PathArgument(path, parameters)
+
+
+def check_mail_parameters(parameters: dict[str, str | None], max_size: int) -> None:
+    """SIZE (RFC 1870), BODY (RFC 6152) and AUTH (RFC 4954 §5, accepted and ignored)."""
+    for key, value in parameters.items():
+        if key == "SIZE":
+            if value is None or not (value.isascii() and value.isdigit()):
+                raise Refusal(501, "5.5.4", "SIZE needs a number of octets")
+            if int(value) > max_size:
+                raise Refusal(
+                    552, "5.3.4", f"message size exceeds fixed maximum of {max_size} octets"
+                )
+        elif key == "BODY":
+            if value is None or value.upper() not in BODY_TYPES:
+                raise Refusal(555, "5.5.4", "BODY must be 7BIT or 8BITMIME")
+        elif key != "AUTH":
+            raise Refusal(555, "5.5.4", f"MAIL parameter {key} is not supported")
+
+
+def data_line(line: bytes) -> bytes | None:
+    """The text a DATA line carries after dot-unstuffing (RFC 5321 §4.5.2); None ends the data."""
+    if line == b".":
+        return None
+    if line.startswith(b"."):
+        return line[1:]
+    return line
+
+
+def decode_sasl(text: str) -> bytes:
+    """A base64 SASL response; ``=`` is the empty one (RFC 4954 §4)."""
+    text = text.strip()
+    if text == "=":
+        return b""
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise Refusal(501, "5.5.2", "cannot decode the base64 response") from None
+
+
+def parse_plain(response: bytes) -> tuple[bytes, bytes, bytes] | None:
+    """``authzid NUL authcid NUL password`` (RFC 4616 §2), or None when malformed."""
+    parts = response.split(b"\0")
+    if len(parts) != 3 or not parts[1] or not parts[2]:
+        return None
+    authzid, authcid, password = parts
+    return authzid, authcid, password
+
+
+@dataclass
+class MessageReader:
+    """Collects DATA text up to the size limit, reading on to the final dot whatever happens.
+
+    Once the message is too big or has an over-long line it can never be
+    stored, so what was collected is dropped and later lines are only counted.
+    """
+
+    max_size: int
+    lines: list[bytes] = field(default_factory=list)
+    size: int = 0
+    too_big: bool = False
+    long_line: bool = False
+
+    def feed(self, line: bytes) -> bool:
+        """Take one line as received; True when it was the final dot."""
+        text = data_line(line)
+        if text is None:
+            return True
+        self.size += len(text) + 2
+        if len(text) + 2 > MAX_TEXT_LINE:
+            self.long_line = True
+        if self.size > self.max_size:
+            self.too_big = True
+        if self.refused:
+            self.lines = []
+        else:
+            self.lines.append(text)
+        return False
+
+    def line_too_long(self) -> None:
+        self.long_line = True
+        self.lines = []
+
+    @property
+    def refused(self) -> bool:
+        return self.too_big or self.long_line
+
+    def content(self) -> bytes:
+        """The message with LF line ends, as Maildir stores it."""
+        return b"".join(line + b"\n" for line in self.lines)
+
+
+def smtp_auth_off_text(provider: Provider) -> str:
+    since = provider.schemes.smtp_auth.off_since(provider.now())
+    if since is None:
+        return "SMTP-Auth is off"
+    return f"SMTP-Auth is off since {format_instant(since)}"
+
+
+class SMTPServer(LineProtocol):
+    """One ESMTP session on the MX or the submission listener."""
+
+    max_line_length = MAX_SASL_LINE
+
+    def __init__(self, provider: Provider, role: policy.Role) -> None:
+        self.provider = provider
+        self.role = role
+        self.callLater = provider.clock.reactor_time.callLater
+        self.peer_ip = ""
+        self.helo: str | None = None
+        self.extended = False
+        self.auth_account: str | None = None
+        self.auth_failures = 0
+        self.bad_commands = 0
+        self._sasl: Callable[[str], defer.Deferred | None] | None = None
+        self._message: MessageReader | None = None
+        self._reset_transaction()
+        self._commands: dict[str, Callable[[str], defer.Deferred | None]] = {
+            "HELO": self.do_HELO,
+            "EHLO": self.do_EHLO,
+            "MAIL": self.do_MAIL,
+            "RCPT": self.do_RCPT,
+            "DATA": self.do_DATA,
+            "AUTH": self.do_AUTH,
+            "RSET": self.do_RSET,
+            "NOOP": self.do_NOOP,
+            "QUIT": self.do_QUIT,
+            "VRFY": self.do_VRFY,
+            "EXPN": self.do_EXPN,
+            "HELP": self.do_HELP,
+        }
+
+    def _reset_transaction(self) -> None:
+        self.sender: str | None = None
+        self.recipients: list[delivery.Destination] = []
+        self.decisions: list[policy.Decision] = []
+
+    @property
+    def hostname(self) -> str:
+        return self.provider.hostname
+
+    def origin(self) -> delivery.Origin:
+        kind = "ESMTP" if self.extended else "SMTP"
+        if self.auth_account is not None:
+            kind = "ESMTPA"
+        return delivery.Origin(
+            peer_ip=self.peer_ip,
+            role=self.role,
+            helo=self.helo or "",
+            protocol=kind,
+            smtp_auth_account=self.auth_account,
+        )
+
+    def reply(self, code: int, enhanced: str | None, text: str) -> None:
+        status = f"{code} {enhanced}" if enhanced else str(code)
+        self.write_line(f"{status} {text}".encode("ascii", "replace"))
+
+    def refuse(self, refusal: Refusal) -> None:
+        self.reply(refusal.code, refusal.enhanced, refusal.text)
+
+    def bad_command(self, code: int, enhanced: str, text: str) -> None:
+        """Reply to a malformed or unknown command; past the limit, give up on the client."""
+        self.bad_commands += 1
+        if self.bad_commands > self.provider.limits.max_bad_commands:
+            self.reply(421, "4.7.0", f"{self.hostname} Error: too many bad commands, closing")
+            self.close()
+        else:
+            self.reply(code, enhanced, text)
+
+    def connectionMade(self) -> None:
+        self.peer_ip = self.transport.getPeer().host
+        self.setTimeout(self.provider.limits.smtp_idle_timeout)
+        self.reply(220, None, f"{self.hostname} ESMTP mailhost")
+
+    def timeoutConnection(self) -> None:
+        self.reply(421, "4.4.2", f"{self.hostname} Error: idle timeout, closing connection")
+        self.close()
+
+    def line_received(self, line: bytes) -> defer.Deferred | None:
+        if self._message is not None:
+            return self._data_line(line)
+        if self._sasl is not None:
+            return self._sasl_line(line.decode("latin-1"))
+        text = line.decode("latin-1")
+        verb, _, argument = text.partition(" ")
+        verb = verb.upper()
+        if verb != "AUTH" and len(line) + 2 > MAX_COMMAND_LINE:
+            self.bad_command(500, "5.5.2", "Line too long")
+            return None
+        handler = self._commands.get(verb)
+        if handler is None:
+            self.bad_command(500, "5.5.2", "Error: command not recognized")
+            return None
+        return handler(argument)
+
+    def line_too_long(self) -> None:
+        if self._message is not None:
+            self._message.line_too_long()
+        elif self._sasl is not None:
+            self._sasl = None
+            self.reply(500, "5.5.6", "Authentication exchange line is too long")
+        else:
+            self.bad_command(500, "5.5.2", "Line too long")
+
+    def do_HELO(self, argument: str) -> None:
+        self._greet(argument, extended=False)
+
+    def do_EHLO(self, argument: str) -> None:
+        self._greet(argument, extended=True)
+
+    def _greet(self, argument: str, extended: bool) -> None:
+        words = argument.split()
+        if not words:
+            self.bad_command(501, "5.5.4", "Syntax: EHLO domain or address literal")
+            return
+        self.helo = words[0]
+        self.extended = extended
+        self._reset_transaction()
+        if not extended:
+            self.reply(250, None, self.hostname)
+            return
+        lines = [
+            self.hostname,
+            f"SIZE {self.provider.limits.max_message_size}",
+            "8BITMIME",
+            "PIPELINING",
+            "ENHANCEDSTATUSCODES",
+        ]
+        if self.provider.schemes.smtp_auth.is_on(self.provider.now()):
+            lines.append("AUTH PLAIN LOGIN")
+        for line in lines[:-1]:
+            self.write_line(f"250-{line}".encode("ascii"))
+        self.write_line(f"250 {lines[-1]}".encode("ascii"))
+
+    def do_MAIL(self, argument: str) -> None:
+        if self.helo is None:
+            self.reply(503, "5.5.1", "Error: send HELO/EHLO first")
+            return
+        if self.sender is not None:
+            self.reply(503, "5.5.1", "Error: nested MAIL command")
+            return
+        try:
+            parsed = parse_path_argument(argument, "FROM")
+        except Refusal as refusal:
+            self.bad_command(refusal.code, refusal.enhanced, refusal.text)
+            return
+        try:
+            address = parse_path(parsed.path)
+        except AddressError as e:
+            self.reply(553, "5.1.7", f"Bad sender address syntax: {e}")
+            return
+        try:
+            if parsed.parameters and not self.extended:
+                raise Refusal(555, "5.5.4", "MAIL parameters need EHLO")
+            check_mail_parameters(parsed.parameters, self.provider.limits.max_message_size)
+        except Refusal as refusal:
+            self.refuse(refusal)
+            return
+        sender = "" if address is None else str(address)
+        decision = delivery.decide(self.provider, self.origin(), sender, None)
+        if not decision.allowed:
+            self.reply(decision.code, decision.enhanced, decision.reason)
+            return
+        self.sender = sender
+        self.decisions.append(decision)
+        self.reply(250, "2.1.0", "Ok")
+
+    def do_RCPT(self, argument: str) -> None:
+        if self.sender is None:
+            self.reply(503, "5.5.1", "Error: need MAIL command")
+            return
+        try:
+            parsed = parse_path_argument(argument, "TO")
+        except Refusal as refusal:
+            self.bad_command(refusal.code, refusal.enhanced, refusal.text)
+            return
+        if parsed.parameters:
+            self.reply(555, "5.5.4", "RCPT parameters are not supported")
+            return
+        if parsed.path.lower() == "<postmaster>":
+            destination = delivery.postmaster(self.provider)
+        else:
+            try:
+                address = parse_path(parsed.path)
+            except AddressError as e:
+                self.reply(553, "5.1.3", f"Bad recipient address syntax: {e}")
+                return
+            if address is None:
+                self.reply(553, "5.1.3", "the null path <> is not a recipient")
+                return
+            destination = delivery.classify(self.provider, address)
+        if len(self.recipients) >= self.provider.limits.max_recipients:
+            self.reply(452, "4.5.3", "Error: too many recipients")
+            return
+        decision = delivery.decide(self.provider, self.origin(), self.sender, destination)
+        if not decision.allowed:
+            self.reply(decision.code, decision.enhanced, decision.reason)
+            return
+        self.recipients.append(destination)
+        self.decisions.append(decision)
+        self.reply(250, "2.1.5", "Ok")
+
+    def do_DATA(self, argument: str) -> None:
+        if self.sender is None:
+            self.reply(503, "5.5.1", "Error: need MAIL command")
+            return
+        if not self.recipients:
+            self.reply(503, "5.5.1", "Error: no valid recipients")
+            return
+        if argument.strip():
+            self.bad_command(501, "5.5.4", "Syntax: DATA (no arguments)")
+            return
+        self._message = MessageReader(self.provider.limits.max_message_size)
+        self.reply(354, None, "End data with <CR><LF>.<CR><LF>")
+
+    def _data_line(self, line: bytes) -> defer.Deferred | None:
+        assert self._message is not None
+        if not self._message.feed(line):
+            return None
+        return self._end_of_data()
+
+    def _end_of_data(self) -> defer.Deferred | None:
+        """Store the message, replying only once it is durable.
+
+        While storage runs it is the server's turn, so the idle timer stops.
+
+        A message with a line over 1000 octets is refused with ``554 5.6.0``:
+        554 because the transaction failed as a whole after the final dot
+        (RFC 5321 §4.2.3), 5.6.0 because the content, not the envelope, is
+        what cannot be accepted (RFC 3463 "other or undefined media error").
+        """
+        message, self._message = self._message, None
+        assert message is not None
+        sender, recipients = self.sender, tuple(self.recipients)
+        assert sender is not None
+        authorisation = next((d for d in self.decisions if d.scheme is not None), None)
+        self._reset_transaction()
+        if message.too_big:
+            limit = self.provider.limits.max_message_size
+            self.reply(552, "5.3.4", f"message exceeds fixed maximum of {limit} octets")
+            return None
+        if message.long_line:
+            self.reply(554, "5.6.0", f"message has a line longer than {MAX_TEXT_LINE} octets")
+            return None
+        self.setTimeout(None)
+        d = delivery.store(
+            self.provider,
+            self.origin(),
+            delivery.Envelope(sender, recipients),
+            message.content(),
+            authorisation,
+        )
+
+        def stored(message_id: str) -> None:
+            self.reply(250, "2.0.0", f"Ok: queued as {message_id}")
+
+        def failed(failure: Failure) -> None:
+            _log.failure("storing a message from {ip} failed", failure, ip=self.peer_ip)
+            self.reply(451, "4.3.0", "Error: local error in processing, message not stored")
+
+        def restart_idle_timer(_: None) -> None:
+            if not self._closed:
+                self.setTimeout(self.provider.limits.smtp_idle_timeout)
+
+        return d.addCallbacks(stored, failed).addCallback(restart_idle_timer)
+
+    def do_AUTH(self, argument: str) -> defer.Deferred | None:
+        if self.auth_failures >= self.provider.limits.max_auth_failures:
+            self.reply(421, "4.7.0", f"{self.hostname} Error: too many authentication failures")
+            self.close()
+            return None
+        if not self.extended:
+            self.reply(503, "5.5.1", "Error: send EHLO first")
+            return None
+        if not self.provider.schemes.smtp_auth.is_on(self.provider.now()):
+            self.reply(502, "5.5.1", smtp_auth_off_text(self.provider))
+            return None
+        if self.auth_account is not None:
+            self.reply(503, "5.5.1", "Error: already authenticated")
+            return None
+        if self.sender is not None:
+            self.reply(503, "5.5.1", "Error: AUTH is not allowed during a mail transaction")
+            return None
+        words = argument.split()
+        if not 1 <= len(words) <= 2:
+            self.bad_command(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]")
+            return None
+        mechanism = words[0].upper()
+        initial = words[1] if len(words) == 2 else None
+        if mechanism == "PLAIN":
+            if initial is None:
+                self._sasl = self._plain_response
+                self.write_line(b"334 ")
+                return None
+            return self._plain_response(initial)
+        if mechanism == "LOGIN":
+            if initial is None:
+                self._sasl = self._login_username
+                self.write_line(f"334 {LOGIN_USERNAME_CHALLENGE}".encode("ascii"))
+                return None
+            return self._login_username(initial)
+        self.reply(504, "5.5.4", "Unrecognized authentication type (use PLAIN or LOGIN)")
+        return None
+
+    def _sasl_line(self, text: str) -> defer.Deferred | None:
+        handler, self._sasl = self._sasl, None
+        assert handler is not None
+        if text.strip() == "*":
+            self.reply(501, "5.7.0", "Authentication cancelled")
+            return None
+        return handler(text)
+
+    def _plain_response(self, text: str) -> defer.Deferred | None:
+        try:
+            response = decode_sasl(text)
+        except Refusal as refusal:
+            self.refuse(refusal)
+            return None
+        credentials = parse_plain(response)
+        if credentials is None:
+            self._auth_failed("PLAIN", b"")
+            return None
+        authzid, authcid, password = credentials
+        return self._check_password("PLAIN", authcid, password, authzid)
+
+    def _login_username(self, text: str) -> None:
+        try:
+            username = decode_sasl(text)
+        except Refusal as refusal:
+            self.refuse(refusal)
+            return
+        self._sasl = lambda reply: self._login_password(username, reply)
+        self.write_line(f"334 {LOGIN_PASSWORD_CHALLENGE}".encode("ascii"))
+
+    def _login_password(self, username: bytes, text: str) -> defer.Deferred | None:
+        try:
+            password = decode_sasl(text)
+        except Refusal as refusal:
+            self.refuse(refusal)
+            return None
+        return self._check_password("LOGIN", username, password, b"")
+
+    def _check_password(
+        self, mechanism: str, username: bytes, password: bytes, authzid: bytes
+    ) -> defer.Deferred:
+        """Ask the checker (bcrypt off the reactor); an authzid other than the user fails."""
+        checker = self.provider.checker()
+        d = checker.requestAvatarId(UsernamePassword(username, password))
+
+        def succeeded(account: str) -> None:
+            if authzid and authzid.decode("utf-8", "replace").lower() != account:
+                self._auth_failed(mechanism, username)
+                return
+            self.auth_account = account
+            self.provider.events.emit(
+                events.SMTP_AUTH,
+                self.provider.now(),
+                ip=self.peer_ip,
+                role=self.role.value,
+                account=account,
+                mechanism=mechanism,
+            )
+            self.reply(235, "2.7.0", "Authentication successful")
+
+        def failed(failure: Failure) -> None:
+            if failure.check(cred_error.UnauthorizedLogin):
+                self._auth_failed(mechanism, username)
+                return
+            _log.failure("checking SMTP credentials failed", failure)
+            self.reply(454, "4.7.0", "Temporary authentication failure")
+
+        return d.addCallbacks(succeeded, failed)
+
+    def _auth_failed(self, mechanism: str, username: bytes) -> None:
+        self.auth_failures += 1
+        self.provider.events.emit(
+            events.SMTP_AUTH_FAILED,
+            self.provider.now(),
+            ip=self.peer_ip,
+            role=self.role.value,
+            username=username.decode("utf-8", "replace"),
+            mechanism=mechanism,
+        )
+        self.reply(535, "5.7.8", "Error: authentication failed")
+
+    def do_RSET(self, argument: str) -> None:
+        self._reset_transaction()
+        self.reply(250, "2.0.0", "Ok")
+
+    def do_NOOP(self, argument: str) -> None:
+        self.reply(250, "2.0.0", "Ok")
+
+    def do_QUIT(self, argument: str) -> None:
+        self.reply(221, "2.0.0", "Bye")
+        self.close()
+
+    def do_VRFY(self, argument: str) -> None:
+        """Never says whether a mailbox exists (RFC 5321 §3.5.3 allows 252)."""
+        if not argument.strip():
+            self.bad_command(501, "5.5.4", "Syntax: VRFY address")
+            return
+        self.reply(252, "2.5.2", "Cannot VRFY user, but will accept message and attempt delivery")
+
+    def do_EXPN(self, argument: str) -> None:
+        self.reply(502, "5.5.1", "EXPN is not supported")
+
+    def do_HELP(self, argument: str) -> None:
+        self.reply(214, "2.0.0", "Commands: " + " ".join(self._commands))
+
+
+class SMTPFactory(protocol.Factory):
+    """Builds sessions for one listener; ``role`` says whether it is the MX or submission."""
+
+    def __init__(self, provider: Provider, role: policy.Role) -> None:
+        self.provider = provider
+        self.role = role
+
+    def buildProtocol(self, addr: object) -> SMTPServer:
+        server = SMTPServer(self.provider, self.role)
+        server.factory = self
+        return server

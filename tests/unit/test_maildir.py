@@ -1,0 +1,237 @@
+"""Maildir delivery and the POP3 view of a Maildir."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from twisted.mail.maildir import MaildirMailbox
+
+from mailhost import maildir
+from mailhost.maildir import (
+    MailboxInUse,
+    MailboxLocks,
+    PopMailbox,
+    deliver,
+    ensure_maildir,
+    pop3_size,
+    pop3_uid,
+)
+
+MESSAGE = b"Subject: hi\n\nline one\n.dot line\n"
+
+
+def test_deliver_lands_in_new_and_leaves_tmp_empty(tmp_path: Path) -> None:
+    """A delivered message is a file in new/ with the given bytes; tmp/ holds nothing after."""
+    name = deliver(tmp_path / "box", MESSAGE)
+    assert (tmp_path / "box" / "new" / name).read_bytes() == MESSAGE
+    assert list((tmp_path / "box" / "tmp").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("data", "size"),
+    [
+        (b"", 0),
+        (b"a\nb\n", 6),
+        (b"a\r\nb\r\n", 6),
+        (b"a\r\nb\n", 6),
+        (b"a\nb", 6),
+        (b"a\nb\r", 6),
+        (b"\n\n", 4),
+    ],
+)
+def test_pop3_size_counts_the_crlf_form(data: bytes, size: int) -> None:
+    """Sizes count each line end as CRLF, and the CRLF added to an unterminated last line."""
+    assert pop3_size(data) == size
+
+
+def test_pop3_uid_is_the_unique_part_of_the_name() -> None:
+    """The UIDL ignores Maildir flags, so it survives new/ → cur/ with ``:2,S``."""
+    assert pop3_uid("1378079940.M5P7Q1.host:2,S") == "1378079940.M5P7Q1.host"
+    assert pop3_uid("1378079940.M5P7Q1.host") == "1378079940.M5P7Q1.host"
+
+
+def test_pop3_uid_replaces_names_unfit_for_uidl_by_a_stable_digest() -> None:
+    """RFC 1939 allows 1 to 70 printable ASCII characters; a long host name would exceed it."""
+    long_name = "1378079940.M5P7Q1." + "h" * 64
+    uid = pop3_uid(long_name + ":2,S")
+    assert uid == pop3_uid(long_name)
+    assert 0 < len(uid) <= 70
+    assert all(0x21 <= ord(c) <= 0x7E for c in uid)
+    assert pop3_uid("1378079940.M5P7Q1.hôst") != "1378079940.M5P7Q1.hôst"
+
+
+def _put(box: Path, subdir: str, name: str, data: bytes = MESSAGE) -> Path:
+    ensure_maildir(box)
+    path = box / subdir / name
+    path.write_bytes(data)
+    return path
+
+
+def test_scan_lists_new_and_cur_in_name_order_and_skips_tmp(tmp_path: Path) -> None:
+    """Messages are numbered by file name across new/ and cur/; tmp/ and dotfiles are unseen."""
+    box = tmp_path / "box"
+    _put(box, "cur", "100.M100P1Q3.h:2,S")
+    _put(box, "new", "100.M99P1Q2.h")
+    _put(box, "new", "99.M5P1Q1.h")
+    _put(box, "tmp", "98.M1P1Q1.h")
+    _put(box, "new", ".hidden")
+    mailbox = PopMailbox.scan(box)
+    assert [m.uid for m in mailbox.messages] == ["99.M5P1Q1.h", "100.M99P1Q2.h", "100.M100P1Q3.h"]
+    assert [m.size for m in mailbox.messages] == [pop3_size(MESSAGE)] * 3
+
+
+def test_scan_of_a_missing_maildir_is_empty(tmp_path: Path) -> None:
+    """An account that never received mail has an empty maildrop, not an error."""
+    mailbox = PopMailbox.scan(tmp_path / "never")
+    assert mailbox.totals() == (0, 0)
+
+
+def test_scan_is_a_snapshot(tmp_path: Path) -> None:
+    """Mail delivered after the scan is not in this session's numbering."""
+    box = tmp_path / "box"
+    deliver(box, MESSAGE)
+    mailbox = PopMailbox.scan(box)
+    deliver(box, MESSAGE)
+    assert mailbox.totals() == (1, pop3_size(MESSAGE))
+
+
+def test_delete_only_marks(tmp_path: Path) -> None:
+    """DELE hides the message from the session but leaves the file (RFC 1939 §6)."""
+    box = tmp_path / "box"
+    name = deliver(box, MESSAGE)
+    deliver(box, b"second\n")
+    mailbox = PopMailbox.scan(box)
+    assert mailbox.delete(1)
+    assert (box / "new" / name).exists()
+    assert mailbox.message(1) is None
+    assert [number for number, _ in mailbox.live()] == [2]
+    assert mailbox.totals() == (1, len(b"second\r\n"))
+    assert not mailbox.delete(1)
+    assert not mailbox.delete(3)
+    assert not mailbox.delete(0)
+
+
+def test_undelete_all_restores_every_mark(tmp_path: Path) -> None:
+    """RSET unmarks every message."""
+    box = tmp_path / "box"
+    deliver(box, MESSAGE)
+    mailbox = PopMailbox.scan(box)
+    mailbox.delete(1)
+    mailbox.undelete_all()
+    assert mailbox.message(1) is not None
+
+
+def test_commit_removes_only_the_marked_files(tmp_path: Path) -> None:
+    """UPDATE unlinks exactly what was marked and reports no failures."""
+    box = tmp_path / "box"
+    gone = deliver(box, MESSAGE)
+    kept = deliver(box, b"keep\n")
+    mailbox = PopMailbox.scan(box)
+    mailbox.delete(1)
+    assert mailbox.commit() == []
+    assert not (box / "new" / gone).exists()
+    assert (box / "new" / kept).exists()
+
+
+def test_commit_treats_an_already_removed_file_as_removed(tmp_path: Path) -> None:
+    """The client asked for the message to go; someone else removing it first is no failure."""
+    box = tmp_path / "box"
+    name = deliver(box, MESSAGE)
+    mailbox = PopMailbox.scan(box)
+    mailbox.delete(1)
+    (box / "new" / name).unlink()
+    assert mailbox.commit() == []
+
+
+def test_commit_reports_files_it_could_not_remove(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unlink failure is reported by name, so QUIT can answer -ERR [SYS/TEMP]."""
+    box = tmp_path / "box"
+    name = deliver(box, MESSAGE)
+    mailbox = PopMailbox.scan(box)
+    mailbox.delete(1)
+
+    def refuse(path: object) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(maildir.os, "unlink", refuse)
+    assert mailbox.commit() == [name]
+    assert (box / "new" / name).exists()
+
+
+def test_read_returns_the_stored_bytes(tmp_path: Path) -> None:
+    """Messages are read as bytes (twisted.mail opens them in text mode)."""
+    box = tmp_path / "box"
+    deliver(box, b"caf\xc3\xa9\n\xff\n")
+    assert PopMailbox.scan(box).read(1) == b"caf\xc3\xa9\n\xff\n"
+
+
+def test_uids_are_stable_across_scans_and_flag_renames(tmp_path: Path) -> None:
+    """A message keeps its UIDL when another session scans or a reader moves it to cur/."""
+    box = tmp_path / "box"
+    name = deliver(box, MESSAGE)
+    first = PopMailbox.scan(box).messages[0].uid
+    os.rename(box / "new" / name, box / "cur" / (name + ":2,S"))
+    assert PopMailbox.scan(box).messages[0].uid == first == name
+
+
+def test_lock_is_exclusive_until_released(tmp_path: Path) -> None:
+    """One session per maildrop: a second acquire fails until the first lock is released."""
+    locks = MailboxLocks()
+    lock = locks.acquire(tmp_path / "box")
+    with pytest.raises(MailboxInUse):
+        locks.acquire(tmp_path / "box")
+    locks.acquire(tmp_path / "other")
+    lock.release()
+    lock.release()
+    assert not locks.is_locked(tmp_path / "box")
+    locks.acquire(tmp_path / "box")
+
+
+def test_lock_key_is_the_absolute_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relative and an absolute spelling of one maildrop are the same lock."""
+    monkeypatch.chdir(tmp_path)
+    locks = MailboxLocks()
+    locks.acquire(Path("box"))
+    with pytest.raises(MailboxInUse):
+        locks.acquire(tmp_path / "box")
+
+
+def _twisted_mailbox(box: Path) -> MaildirMailbox:
+    """twisted.mail's Maildir mailbox on ``box``, with its .Trash created first."""
+    MaildirMailbox(os.fsencode(box))
+    deliver(box, MESSAGE)
+    return MaildirMailbox(os.fsencode(box))
+
+
+def test_twisted_maildir_mailbox_deletes_at_dele_but_ours_waits_for_commit(
+    tmp_path: Path,
+) -> None:
+    """twisted.mail moves the file out of the inbox at DELE, so a dropped session loses it."""
+    theirs = _twisted_mailbox(tmp_path / "theirs")
+    # Its DELE mixes str and bytes path parts; with str paths it runs as designed.
+    theirs.path = os.fsdecode(theirs.path)
+    theirs.list = [os.fsdecode(path) for path in theirs.list]
+    theirs.deleteMessage(0)
+    assert list((tmp_path / "theirs" / "new").iterdir()) == []
+
+    ours = tmp_path / "ours"
+    name = deliver(ours, MESSAGE)
+    mailbox = PopMailbox.scan(ours)
+    mailbox.delete(1)
+    assert (ours / "new" / name).exists()
+    mailbox.commit()
+    assert not (ours / "new" / name).exists()
+
+
+def test_twisted_maildir_mailbox_reads_in_text_mode_but_ours_reads_bytes(tmp_path: Path) -> None:
+    """twisted.mail decodes messages as text, so a non-UTF-8 byte breaks RETR; ours sends bytes."""
+    box = tmp_path / "box"
+    theirs = _twisted_mailbox(box)
+    (box / "new" / os.path.basename(os.fsdecode(theirs.list[0]))).write_bytes(b"\xff\n")
+    with pytest.raises(UnicodeDecodeError), theirs.getMessage(0) as message:
+        message.read()
+    assert PopMailbox.scan(box).read(1) == b"\xff\n"
