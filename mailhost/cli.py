@@ -267,6 +267,9 @@ async def _run_server(reactor: Any, config: ServeConfig) -> None:
 
     from mailhost.service import ListenError, MailhostService
 
+    running: defer.Deferred[None] = defer.Deferred()
+    reactor.callWhenRunning(running.callback, None)
+    await running  # signal handlers are in place from here, so Ctrl-C shuts down cleanly
     service = MailhostService(config, reactor)
     service.provider.events.subscribe(_print_event)
     service.startService()

@@ -14,10 +14,8 @@ realm locks it; a successful login records the SMTP-after-POP grant.
 
 from __future__ import annotations
 
-import binascii
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
 
 from twisted.cred import error as cred_error
 from twisted.cred.credentials import UsernamePassword
@@ -26,7 +24,7 @@ from twisted.internet import defer, protocol
 from twisted.python import failure, log
 from zope.interface import Interface, implementer
 
-from mailhost import events
+from mailhost import events, sasl
 from mailhost.lines import LineProtocol
 from mailhost.maildir import POP3_LOCKS, MailboxInUse, MailboxLocks, PopMailbox, PopMessage
 from mailhost.provider import Provider
@@ -87,35 +85,6 @@ def multiline(lines: Iterable[bytes]) -> bytes:
     """RFC 1939 §3 multi-line body: CRLF line ends, a leading ``.`` doubled, ``.`` at the end."""
     stuffed = (b"." + line if line.startswith(b".") else line for line in lines)
     return b"".join(line + b"\r\n" for line in stuffed) + b".\r\n"
-
-
-class PlainMessage(NamedTuple):
-    authzid: str
-    authcid: str
-    password: bytes
-
-    def acts_as_self(self) -> bool:
-        """Acting as another user is not offered: the authzid is empty or the authcid."""
-        return self.authzid in ("", self.authcid)
-
-
-def parse_plain(message: bytes) -> PlainMessage | None:
-    """The fields of a SASL PLAIN message (RFC 4616 §2), or None if it is not one."""
-    parts = message.split(b"\0")
-    if len(parts) != 3:
-        return None
-    authzid, authcid, password = parts
-    try:
-        return PlainMessage(authzid.decode("utf-8"), authcid.decode("utf-8"), password)
-    except UnicodeDecodeError:
-        return None
-
-
-def decode_base64(text: bytes) -> bytes | None:
-    try:
-        return binascii.a2b_base64(text, strict_mode=True)
-    except binascii.Error:
-        return None
 
 
 def parse_number(argument: bytes) -> int | None:
@@ -283,10 +252,11 @@ class POP3Server(LineProtocol):
         if response == b"*":
             self.write_line(b"-ERR Authentication cancelled")
             return None
-        message = b"" if response == b"=" else decode_base64(response)
-        if message is None:
+        try:
+            message = sasl.decode_response(response)
+        except sasl.SaslError:
             return self._bad(b"-ERR Invalid base64 in authentication response")
-        plain = parse_plain(message)
+        plain = sasl.parse_plain(message)
         if plain is None or not plain.acts_as_self():
             self._login_refused(plain.authcid if plain else "", "PLAIN", "credentials")
             self.write_line(AUTH_FAILED)

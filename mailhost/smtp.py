@@ -20,7 +20,6 @@ message text line is at most 1000 octets (§4.5.3.1.6).
 from __future__ import annotations
 
 import base64
-import binascii
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -30,7 +29,7 @@ from twisted.internet import defer, protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mailhost import delivery, events, policy
+from mailhost import delivery, events, policy, sasl
 from mailhost.addresses import AddressError, parse_path
 from mailhost.lines import LineProtocol
 from mailhost.provider import Provider
@@ -127,26 +126,6 @@ def data_line(line: bytes) -> bytes | None:
     if line.startswith(b"."):
         return line[1:]
     return line
-
-
-def decode_sasl(text: str) -> bytes:
-    """A base64 SASL response; ``=`` is the empty one (RFC 4954 §4)."""
-    text = text.strip()
-    if text == "=":
-        return b""
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise Refusal(501, "5.5.2", "cannot decode the base64 response") from None
-
-
-def parse_plain(response: bytes) -> tuple[bytes, bytes, bytes] | None:
-    """``authzid NUL authcid NUL password`` (RFC 4616 §2), or None when malformed."""
-    parts = response.split(b"\0")
-    if len(parts) != 3 or not parts[1] or not parts[2]:
-        return None
-    authzid, authcid, password = parts
-    return authzid, authcid, password
 
 
 @dataclass
@@ -513,46 +492,42 @@ class SMTPServer(LineProtocol):
         return handler(text)
 
     def _plain_response(self, text: str) -> defer.Deferred | None:
-        try:
-            response = decode_sasl(text)
-        except Refusal as refusal:
-            self.refuse(refusal)
+        response = self._decode(text)
+        if response is None:
             return None
-        credentials = parse_plain(response)
-        if credentials is None:
-            self._auth_failed("PLAIN", b"")
+        credentials = sasl.parse_plain(response)
+        if credentials is None or not credentials.acts_as_self():
+            self._auth_failed("PLAIN", credentials.authcid if credentials else "")
             return None
-        authzid, authcid, password = credentials
-        return self._check_password("PLAIN", authcid, password, authzid)
+        return self._check_password("PLAIN", credentials.authcid, credentials.password)
 
     def _login_username(self, text: str) -> None:
-        try:
-            username = decode_sasl(text)
-        except Refusal as refusal:
-            self.refuse(refusal)
+        raw = self._decode(text)
+        if raw is None:
             return
+        username = raw.decode("utf-8", "replace")
         self._sasl = lambda reply: self._login_password(username, reply)
         self.write_line(f"334 {LOGIN_PASSWORD_CHALLENGE}".encode("ascii"))
 
-    def _login_password(self, username: bytes, text: str) -> defer.Deferred | None:
-        try:
-            password = decode_sasl(text)
-        except Refusal as refusal:
-            self.refuse(refusal)
+    def _login_password(self, username: str, text: str) -> defer.Deferred | None:
+        password = self._decode(text)
+        if password is None:
             return None
-        return self._check_password("LOGIN", username, password, b"")
+        return self._check_password("LOGIN", username, password)
 
-    def _check_password(
-        self, mechanism: str, username: bytes, password: bytes, authzid: bytes
-    ) -> defer.Deferred:
-        """Ask the checker (bcrypt off the reactor); an authzid other than the user fails."""
+    def _decode(self, text: str) -> bytes | None:
+        try:
+            return sasl.decode_response(text)
+        except sasl.SaslError as e:
+            self.reply(501, "5.5.2", str(e))
+            return None
+
+    def _check_password(self, mechanism: str, username: str, password: bytes) -> defer.Deferred:
+        """Ask the checker, which runs bcrypt off the reactor thread."""
         checker = self.provider.checker()
-        d = checker.requestAvatarId(UsernamePassword(username, password))
+        d = checker.requestAvatarId(UsernamePassword(username.encode("utf-8"), password))
 
         def succeeded(account: str) -> None:
-            if authzid and authzid.decode("utf-8", "replace").lower() != account:
-                self._auth_failed(mechanism, username)
-                return
             self.auth_account = account
             self.provider.events.emit(
                 events.SMTP_AUTH,
@@ -573,14 +548,14 @@ class SMTPServer(LineProtocol):
 
         return d.addCallbacks(succeeded, failed)
 
-    def _auth_failed(self, mechanism: str, username: bytes) -> None:
+    def _auth_failed(self, mechanism: str, username: str) -> None:
         self.auth_failures += 1
         self.provider.events.emit(
             events.SMTP_AUTH_FAILED,
             self.provider.now(),
             ip=self.peer_ip,
             role=self.role.value,
-            username=username.decode("utf-8", "replace"),
+            username=username,
             mechanism=mechanism,
         )
         self.reply(535, "5.7.8", "Error: authentication failed")

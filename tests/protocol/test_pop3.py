@@ -21,13 +21,10 @@ from mailhost import events, maildir
 from mailhost.config import Limits
 from mailhost.maildir import deliver, pop3_size
 from mailhost.pop3 import (
-    PlainMessage,
     POP3Factory,
-    decode_base64,
     message_lines,
     multiline,
     parse_number,
-    parse_plain,
     top_lines,
 )
 from mailhost.provider import Provider
@@ -180,28 +177,6 @@ def test_top_lines_keep_header_blank_line_and_n_body_lines() -> None:
     assert top_lines(lines, 2) == [b"H: 1", b"H: 2", b"", b"b1", b"b2"]
     assert top_lines(lines, 99) == lines
     assert top_lines([b"H: 1"], 5) == [b"H: 1"]
-
-
-def test_parse_plain_splits_the_three_fields() -> None:
-    """PLAIN is authzid NUL authcid NUL password; anything else is not a PLAIN message."""
-    assert parse_plain(b"\0alice\0pw") == PlainMessage("", "alice", b"pw")
-    assert parse_plain(b"alice\0pw") is None
-    assert parse_plain(b"a\0b\0c\0d") is None
-    assert parse_plain(b"\0\xff\0pw") is None
-
-
-def test_plain_authzid_must_be_empty_or_the_authcid() -> None:
-    """Nobody may act as another user through the authzid."""
-    assert PlainMessage("", "alice", b"pw").acts_as_self()
-    assert PlainMessage("alice", "alice", b"pw").acts_as_self()
-    assert not PlainMessage("bob", "alice", b"pw").acts_as_self()
-
-
-def test_decode_base64_is_strict() -> None:
-    """Garbage in a SASL response is refused rather than decoded leniently."""
-    assert decode_base64(b"YWJj") == b"abc"
-    assert decode_base64(b"YW!j") is None
-    assert decode_base64(b"YWJ") is None
 
 
 def test_parse_number_takes_plain_decimal_only() -> None:

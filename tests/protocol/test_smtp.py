@@ -17,9 +17,7 @@ from mailhost.smtp import (
     Refusal,
     SMTPFactory,
     data_line,
-    decode_sasl,
     parse_path_argument,
-    parse_plain,
 )
 from mailhost.testing import make_clock, make_provider
 
@@ -187,23 +185,6 @@ def test_data_line_unstuffs_dots_and_spots_the_end():
     assert data_line(b"..hidden") == b".hidden"
     assert data_line(b"plain") == b"plain"
     assert data_line(b".") is None
-
-
-def test_decode_sasl():
-    """'=' is the empty response; anything not base64 is 501 5.5.2."""
-    assert decode_sasl("=") == b""
-    assert decode_sasl(" YWJj ") == b"abc"
-    with pytest.raises(Refusal) as caught:
-        decode_sasl("not base64!")
-    assert (caught.value.code, caught.value.enhanced) == (501, "5.5.2")
-
-
-def test_parse_plain():
-    """RFC 4616: authzid NUL authcid NUL password; anything else is malformed."""
-    assert parse_plain(b"\0alice\0pw") == (b"", b"alice", b"pw")
-    assert parse_plain(b"alice\0alice\0pw") == (b"alice", b"alice", b"pw")
-    assert parse_plain(b"alice\0pw") is None
-    assert parse_plain(b"") is None
 
 
 def test_message_reader_never_buffers_past_the_limit():
