@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import smtplib
 from datetime import UTC, datetime
 
@@ -148,3 +149,24 @@ def test_pop3_drop_after_dele_keeps_the_message(start_server):
     again.pass_("alice-secret")
     assert again.stat()[0] == 1
     again.quit()
+
+
+def test_logins_and_decisions_are_logged_as_json_lines(start_server):
+    """events.jsonl records the POP3 login and the relay decision with IP, scheme and reason."""
+    server = start_server()
+    server.pop_login(ALICE_AT_CAFE)
+    with server.smtp(ALICE_AT_CAFE) as client:
+        client.sendmail("alice@example.org", [OUTSIDE], message("logged"))
+    with server.smtp(BOB_AT_HOME) as client:
+        client.mail("bob@example.org")
+        client.rcpt(OUTSIDE)
+    events = [json.loads(line) for line in (server.data / "events.jsonl").read_text().splitlines()]
+    [login] = [e for e in events if e["kind"] == "pop3-login"]
+    assert (login["ip"], login["account"]) == (ALICE_AT_CAFE, "alice@example.org")
+    relays = [e for e in events if e["kind"] == "smtp-decision" and e["recipient"] == OUTSIDE]
+    assert [(e["ip"], e["allowed"], e["scheme"]) for e in relays] == [
+        (ALICE_AT_CAFE, True, "smtp-after-pop"),
+        (BOB_AT_HOME, False, None),
+    ]
+    assert "relaying denied" in relays[1]["reason"]
+    assert any(e["kind"] == "message-stored" for e in events)
