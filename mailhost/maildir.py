@@ -5,8 +5,10 @@ Delivery follows the Maildir protocol with the fsyncs that make "250" mean
 ``new/``. A crash before the rename leaves only a ``tmp/`` file, which no
 reader lists. These functions block; callers run them through ``run_blocking``.
 
-File names are ``<seconds>.M<micro>P<pid>Q<counter>.<host>``; the part before
-any ``:`` flags is the message's stable unique id (POP3 UIDL).
+File names are ``<seconds>.M<micro>P<pid>Q<counter>.<host>,S=<size>,W=<size
+with CRLF line ends>`` (Dovecot's fields, so POP3 can list sizes without
+reading every file); the part before any ``:`` flags is the message's stable
+unique id (POP3 UIDL).
 
 :class:`PopMailbox` is what one POP3 session sees: a snapshot taken at login,
 deletions only marked until QUIT commits them (RFC 1939 §6), sizes counted as
@@ -51,7 +53,7 @@ def _fsync_dir(path: Path) -> None:
 def deliver(maildir: Path, message: bytes) -> str:
     """Store ``message`` durably in ``maildir``; returns the file name in ``new/``."""
     ensure_maildir(maildir)
-    name = unique_name()
+    name = f"{unique_name()},S={len(message)},W={pop3_size(message)}"
     tmp = maildir / "tmp" / name
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -112,6 +114,17 @@ def pop3_uid(filename: str) -> str:
 def _name_order(name: str) -> tuple[object, ...]:
     """Digit runs compare as numbers, so ``M99`` sorts before ``M100`` within one second."""
     return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
+
+
+_WIRE_SIZE = re.compile(r",W=([0-9]+)")
+
+
+def _stored_pop3_size(path: Path) -> int:
+    """The POP3 size from the name's ``,W=`` field (Dovecot's convention), else by reading."""
+    match = _WIRE_SIZE.search(uid_of(path.name))
+    if match:
+        return int(match.group(1))
+    return pop3_size(path.read_bytes())
 
 
 @dataclass(frozen=True)
@@ -194,7 +207,7 @@ class PopMailbox:
                         found.append((subdir, entry.name))
         found.sort(key=lambda item: (_name_order(item[1]), item[0]))
         messages = [
-            PopMessage(subdir, name, pop3_uid(name), pop3_size((path / subdir / name).read_bytes()))
+            PopMessage(subdir, name, pop3_uid(name), _stored_pop3_size(path / subdir / name))
             for subdir, name in found
         ]
         return cls(path, messages)

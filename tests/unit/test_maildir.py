@@ -235,3 +235,20 @@ def test_twisted_maildir_mailbox_reads_in_text_mode_but_ours_reads_bytes(tmp_pat
     with pytest.raises(UnicodeDecodeError), theirs.getMessage(0) as message:
         message.read()
     assert PopMailbox.scan(box).read(1) == b"\xff\n"
+
+
+def test_delivered_names_carry_dovecot_size_fields(tmp_path):
+    """deliver() names the file with S= (stored) and W= (CRLF) sizes, as Dovecot does."""
+    content = b"Subject: x\n\nline\n"
+    name = deliver(tmp_path / "box", content)
+    assert name.endswith(f",S={len(content)},W={pop3_size(content)}")
+    [message] = PopMailbox.scan(tmp_path / "box").messages
+    assert message.size == pop3_size(content)
+
+
+def test_files_without_size_fields_are_sized_by_reading(tmp_path):
+    """A message placed by another program (no W= in its name) still gets its POP3 size."""
+    box = ensure_maildir(tmp_path / "box")
+    (box / "cur" / "1700000000.other.host:2,S").write_bytes(b"a\nbb\n")
+    [message] = PopMailbox.scan(box).messages
+    assert message.size == 7
