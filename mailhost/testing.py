@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import poplib
 import socket
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from mailhost.accounts import AccountFile, Accounts
@@ -82,3 +85,32 @@ class SourcePOP3(poplib.POP3):
         return socket.create_connection(
             (self.host, self.port), timeout, source_address=(self._source, 0)
         )
+
+
+class QueuedRunBlocking:
+    """A ``run_blocking`` whose work waits until the test runs it, like a busy thread pool.
+
+    Lets a test prove that a reply waits for storage (or bcrypt) and that
+    pipelined commands behind it wait too.
+    """
+
+    def __init__(self) -> None:
+        self.queue: list[tuple[defer.Deferred, Callable[..., Any], tuple[Any, ...]]] = []
+
+    def __call__(self, f: Callable[..., Any], *args: Any) -> defer.Deferred:
+        d: defer.Deferred = defer.Deferred()
+        self.queue.append((d, f, args))
+        return d
+
+    def run_one(self) -> None:
+        d, f, args = self.queue.pop(0)
+        try:
+            result = f(*args)
+        except Exception:
+            d.errback()
+        else:
+            d.callback(result)
+
+    def run_all(self) -> None:
+        while self.queue:
+            self.run_one()

@@ -7,10 +7,8 @@ import dataclasses
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
-from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
@@ -28,7 +26,7 @@ from mailhost.pop3 import (
     top_lines,
 )
 from mailhost.provider import Provider
-from mailhost.testing import make_clock, make_provider
+from mailhost.testing import QueuedRunBlocking, make_clock, make_provider
 
 ALICE = "alice@example.org"
 PEER = IPv4Address("TCP", "127.0.0.2", 40000)
@@ -76,9 +74,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 def provider(tmp_path: Path, clock: Clock) -> Iterator[Provider]:
-    provider = make_provider(tmp_path, reactor_clock=clock)
-    yield provider
-    provider.events.close()
+    return make_provider(tmp_path, reactor_clock=clock)
 
 
 @pytest.fixture
@@ -110,31 +106,6 @@ def stored(provider: Provider) -> list[str]:
 
 def plain(authzid: str, authcid: str, password: str) -> str:
     return base64.b64encode(f"{authzid}\0{authcid}\0{password}".encode()).decode()
-
-
-class QueuedRunner:
-    """A run_blocking whose work waits until the test runs it, like a busy thread pool."""
-
-    def __init__(self) -> None:
-        self.queue: list[tuple[defer.Deferred, Callable[..., Any], tuple[Any, ...]]] = []
-
-    def __call__(self, f: Callable[..., Any], *args: Any) -> defer.Deferred:
-        d: defer.Deferred = defer.Deferred()
-        self.queue.append((d, f, args))
-        return d
-
-    def run_one(self) -> None:
-        d, f, args = self.queue.pop(0)
-        try:
-            result = f(*args)
-        except Exception:
-            d.errback()
-        else:
-            d.callback(result)
-
-    def run_all(self) -> None:
-        while self.queue:
-            self.run_one()
 
 
 # Pure wire rules
@@ -419,7 +390,6 @@ def test_too_many_bad_commands_close_the_session(tmp_path: Path, clock: Clock) -
     assert session.closed
     assert session.command("CAPA") == b""
     session.drop()
-    provider.events.close()
 
 
 def test_command_line_limit_is_512_octets(connect: Callable[..., Session]) -> None:
@@ -702,7 +672,7 @@ def test_pipelined_commands_wait_for_a_slow_handler(
     tmp_path: Path, clock: Clock, three_messages: list[bytes], provider: Provider
 ) -> None:
     """While bcrypt or a disk read is pending, later commands are held, not answered early."""
-    runner = QueuedRunner()
+    runner = QueuedRunBlocking()
     slow = dataclasses.replace(provider, run_blocking=runner)
     session = Session(POP3Factory(slow))
     reply = session.send(f"USER {ALICE}\r\nPASS alice-secret\r\nRETR 1\r\nNOOP\r\n".encode())
@@ -721,7 +691,7 @@ def test_login_finishing_after_a_drop_grants_nothing_and_unlocks(
     tmp_path: Path, clock: Clock, provider: Provider
 ) -> None:
     """A client gone before +OK gets no grant, and its maildrop lock is released."""
-    runner = QueuedRunner()
+    runner = QueuedRunBlocking()
     slow = dataclasses.replace(provider, run_blocking=runner)
     session = Session(POP3Factory(slow))
     session.send(f"USER {ALICE}\r\nPASS alice-secret\r\n".encode())

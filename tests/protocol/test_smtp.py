@@ -19,7 +19,7 @@ from mailhost.smtp import (
     data_line,
     parse_path_argument,
 )
-from mailhost.testing import make_clock, make_provider
+from mailhost.testing import QueuedRunBlocking, make_clock, make_provider
 
 GRANT_IP = "127.0.0.2"
 OTHER_IP = "127.0.0.3"
@@ -52,22 +52,6 @@ class Session:
     @property
     def closed(self):
         return self.transport.disconnecting
-
-
-class ManualRunBlocking:
-    """A run_blocking whose work runs only when the test calls ``finish``."""
-
-    def __init__(self):
-        self.calls = []
-
-    def __call__(self, f, *args):
-        d = defer.Deferred()
-        self.calls.append((d, f, args))
-        return d
-
-    def finish(self):
-        d, f, args = self.calls.pop(0)
-        d.callback(f(*args))
 
 
 def b64(data):
@@ -119,18 +103,15 @@ def clock():
 
 @pytest.fixture
 def new_provider(tmp_path, clock):
-    """make_provider on the test's clock; event logs are closed after the test."""
+    """make_provider on the test's clock, each in its own directory."""
     made = []
 
     def build(**options):
         options.setdefault("reactor_clock", clock)
-        provider = make_provider(tmp_path / str(len(made)), **options)
-        made.append(provider)
-        return provider
+        made.append(make_provider(tmp_path / str(len(made)), **options))
+        return made[-1]
 
-    yield build
-    for provider in made:
-        provider.events.close()
+    return build
 
 
 @pytest.fixture
@@ -731,14 +712,14 @@ def test_data_line_beyond_the_buffer_is_refused_and_dropped(provider):
 
 def test_250_waits_for_durable_storage_and_pipelined_quit_waits_too(provider):
     """250 waits for the storage Deferred; a QUIT in the same write is answered after it."""
-    provider.run_blocking = storage = ManualRunBlocking()
+    provider.run_blocking = storage = QueuedRunBlocking()
     session = ehlo(provider)
     session.send("MAIL FROM:<a@b.example>", "RCPT TO:<alice@example.org>", "DATA")
     assert session.send("Subject: s", "", "body", ".", "QUIT") == []
     assert mailbox(provider) == []
     assert not session.closed
 
-    storage.finish()
+    storage.run_one()
 
     replies = session.replies()
     assert replies[0].startswith("250 2.0.0 Ok: queued as ")
@@ -749,12 +730,12 @@ def test_250_waits_for_durable_storage_and_pipelined_quit_waits_too(provider):
 
 def test_slow_storage_does_not_count_as_client_idle_time(provider, clock):
     """The idle timer stops while the server stores a message and restarts after the reply."""
-    provider.run_blocking = storage = ManualRunBlocking()
+    provider.run_blocking = storage = QueuedRunBlocking()
     session = ehlo(provider)
     transaction(session, "a@b.example", "alice@example.org")
     clock.advance(1000)
     assert not session.closed
-    storage.finish()
+    storage.run_one()
     assert session.replies()[0].startswith("250 2.0.0")
     clock.advance(300)
     assert session.closed

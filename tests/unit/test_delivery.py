@@ -14,17 +14,14 @@ NOW = datetime(2013, 9, 1, 23, 59, tzinfo=UTC)
 
 @pytest.fixture
 def new_provider(tmp_path):
-    """make_provider whose event log is closed after the test."""
+    """make_provider, each in its own directory."""
     made = []
 
     def build(**options):
-        provider = make_provider(tmp_path / str(len(made)), **options)
-        made.append(provider)
-        return provider
+        made.append(make_provider(tmp_path / str(len(made)), **options))
+        return made[-1]
 
-    yield build
-    for provider in made:
-        provider.events.close()
+    return build
 
 
 def destination(provider, path):
