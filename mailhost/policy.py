@@ -25,6 +25,7 @@ itself, so a caller handing it a stale or foreign grant cannot open a relay.
 from __future__ import annotations
 
 import enum
+import ipaddress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -34,6 +35,9 @@ from mailhost.schedule import Schedule, format_instant
 SMTP_AUTH = "smtp-auth"
 SMTP_AFTER_POP = "smtp-after-pop"
 SCHEME_TITLES = {SMTP_AUTH: "SMTP-Auth", SMTP_AFTER_POP: "SMTP-after-POP"}
+SENDER_UNBOUND = (
+    "the sender cannot be checked: SMTP-after-POP vouches for an address, not for a person"
+)
 
 
 class Role(enum.Enum):
@@ -54,6 +58,8 @@ class Schemes:
     smtp_auth: Schedule
     smtp_after_pop: Schedule
     pop_window: timedelta
+    enforce_sender: bool = False
+    """SMTP-Auth sessions may only send as their own address (553 5.7.1 otherwise)."""
 
     def schedule(self, scheme: str) -> Schedule:
         return self.smtp_auth if scheme == SMTP_AUTH else self.smtp_after_pop
@@ -67,6 +73,8 @@ class Request:
     role: Role
     account: str | None = None
     recipient: Recipient | None = None
+    sender: str | None = None
+    """The reverse-path of the transaction ("" for <>), known from MAIL on."""
 
 
 @dataclass(frozen=True)
@@ -109,12 +117,13 @@ def _authorise(
         and _same_ip(grant.ip, request.peer_ip)
     ):
         ago = _seconds(now - grant.granted_at)
-        return _Authorisation(
-            SMTP_AFTER_POP,
-            grant.account,
+        reason = (
             f"{grant.ip} logged in to POP3 as {grant.account} {ago} ago, "
-            f"window {_seconds(schemes.pop_window)} (SMTP-after-POP)",
+            f"window {_seconds(schemes.pop_window)} (SMTP-after-POP)"
         )
+        if schemes.enforce_sender:
+            reason += "; " + SENDER_UNBOUND
+        return _Authorisation(SMTP_AFTER_POP, grant.account, reason)
     return None
 
 
@@ -166,10 +175,49 @@ def explain_refusal(request: Request, schemes: Schemes, grant: Grant | None, now
     return "; ".join(why_not + parts)
 
 
+def _sender_refusal(request: Request, schemes: Schemes, now: datetime) -> Decision | None:
+    """With --enforce-sender, an SMTP-Auth session may use only its own address at MAIL."""
+    if (
+        schemes.enforce_sender
+        and request.recipient is None
+        and request.account is not None
+        and request.sender is not None
+        and schemes.smtp_auth.is_on(now)
+        and request.sender.lower() != request.account.lower()
+    ):
+        return Decision(
+            False,
+            553,
+            "5.7.1",
+            f"sender <{request.sender}> is not yours: authenticated as {request.account} "
+            "and this server binds SMTP-Auth senders to their account",
+            SMTP_AUTH,
+            request.account,
+        )
+    return None
+
+
+def plaintext_auth_allowed(peer_ip: str, tls: bool, allow_plaintext: bool = False) -> bool:
+    """Passwords in the clear only over TLS or from loopback (127.0.0.0/8, ::1).
+
+    Wider than Dovecot's remote == local rule so one machine can play several
+    clients (127.0.0.2, 127.0.0.3); ``allow_plaintext`` lifts the rule.
+    """
+    if tls or allow_plaintext:
+        return True
+    try:
+        return ipaddress.ip_address(normalise_ip(peer_ip)).is_loopback
+    except ValueError:
+        return False
+
+
 def decide(request: Request, schemes: Schemes, grant: Grant | None, now: datetime) -> Decision:
     """Decide one MAIL or RCPT command. Total: every input gets a Decision."""
     if request.recipient is Recipient.UNKNOWN_LOCAL:
         return Decision(False, 550, "5.1.1", "no such mailbox here")
+    refusal = _sender_refusal(request, schemes, now)
+    if refusal is not None:
+        return refusal
     if request.role is Role.MX and request.recipient is None:
         return Decision(True, 250, "2.1.0", "sender accepted; recipients decide relaying")
     if request.role is Role.MX and request.recipient is Recipient.LOCAL:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from twisted.cred.portal import Portal
 
@@ -20,6 +21,7 @@ from mailhost.config import DataDir, Limits
 from mailhost.events import EventLog
 from mailhost.policy import Schemes
 from mailhost.pop_logins import PopLoginTable
+from mailhost.throttle import AuthThrottle
 
 
 @dataclass(eq=False)
@@ -34,6 +36,11 @@ class Provider:
     limits: Limits = field(default_factory=Limits)
     hostname: str = "localhost"
     configured_domains: tuple[str, ...] = ()
+    tls_options: Any = None
+    """An OpenSSL server context factory for STARTTLS/STLS; None offers no TLS."""
+    allow_plaintext_auth: bool = False
+    """Accept passwords without TLS from non-loopback peers too."""
+    throttle: AuthThrottle = field(default_factory=AuthThrottle)
 
     def now(self) -> datetime:
         return self.clock.now()
