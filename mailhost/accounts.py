@@ -16,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import os
 import tempfile
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -54,24 +55,28 @@ def hash_password(password: str, cost: int = DEFAULT_COST) -> str:
 
 
 def verify_password(password: bytes, stored: str) -> bool:
-    """Check ``password`` against a ``{BLF-CRYPT}`` hash.
+    """Check ``password`` against a ``{BLF-CRYPT}`` hash, always spending one bcrypt.
 
-    bcrypt ignores bytes past the 72nd; a longer password is refused rather
-    than matched on its prefix.
+    bcrypt ignores bytes past the 72nd, so a longer password is refused rather
+    than matched on its prefix — but only after the same bcrypt work as any
+    other attempt, so neither its length nor a foreign hash scheme shows in
+    the reply time.
     """
+    cost = hash_cost(stored)
     if not stored.startswith(SCHEME) or len(password) > MAX_PASSWORD_BYTES:
-        return False
+        return spend_dummy_check(password, cost)
     try:
         return bcrypt.checkpw(password, stored[len(SCHEME) :].encode("ascii"))
     except ValueError:
-        return False
+        return spend_dummy_check(password, cost)
 
 
 def hash_cost(stored: str) -> int:
     try:
-        return int(stored[len(SCHEME) :].split("$")[2])
+        cost = int(stored[len(SCHEME) :].split("$")[2])
     except (IndexError, ValueError):
         return DEFAULT_COST
+    return cost if 4 <= cost <= 31 else DEFAULT_COST
 
 
 _dummies: dict[int, bytes] = {}
@@ -222,6 +227,14 @@ class Accounts:
     def domains(self) -> frozenset[str]:
         return frozenset(name.rpartition("@")[2] for name in self._current())
 
+    def usual_cost(self) -> int:
+        """The most common bcrypt cost among the accounts: the cost of a dummy check.
+
+        An unknown account then takes as long as a typical known one.
+        """
+        costs = Counter(hash_cost(stored) for stored in self._current().values())
+        return costs.most_common(1)[0][0] if costs else DEFAULT_COST
+
 
 @implementer(ICredentialsChecker)
 class BcryptChecker:
@@ -251,9 +264,7 @@ class BcryptChecker:
             name = None
         stored = self.accounts.get(name) if name else None
         if stored is None:
-            known = self.accounts.addresses()
-            cost = hash_cost(self.accounts.get(known[0]) or "") if known else DEFAULT_COST
-            d = self.run_blocking(_spend_dummy, password, cost)
+            d = self.run_blocking(spend_dummy_check, password, self.accounts.usual_cost())
         else:
             d = self.run_blocking(verify_password, password, stored)
 
@@ -265,6 +276,7 @@ class BcryptChecker:
         return d.addCallback(result)
 
 
-def _spend_dummy(password: bytes, cost: int) -> bool:
+def spend_dummy_check(password: bytes, cost: int) -> bool:
+    """A bcrypt check that always fails, as slow as a real one at ``cost``."""
     bcrypt.checkpw(password[:MAX_PASSWORD_BYTES], _dummy(cost))
     return False

@@ -17,6 +17,7 @@ POP3 sends them (CRLF). :data:`POP3_LOCKS` keeps one session per maildrop.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import itertools
 import os
@@ -31,8 +32,20 @@ _counter = itertools.count(1)
 
 
 def ensure_maildir(path: Path) -> Path:
-    for sub in SUBDIRS:
-        (path / sub).mkdir(parents=True, exist_ok=True)
+    """Create ``tmp/ new/ cur/`` as needed, durably: each new directory's parent is fsync'd.
+
+    Without that, a crash after the first delivery to a new account could
+    lose the directory entry, and the fsync'd message with it.
+    """
+    wanted = [path / sub for sub in SUBDIRS]
+    if all(d.is_dir() for d in wanted):
+        return path
+    missing = [d for d in reversed(path.parents) if not d.exists()]
+    missing += [d for d in [path, *wanted] if not d.exists()]
+    for directory in missing:
+        directory.mkdir(exist_ok=True)
+    for parent in dict.fromkeys(d.parent for d in missing):
+        _fsync_dir(parent)
     return path
 
 
@@ -139,43 +152,56 @@ class MailboxInUse(Exception):
     """The maildrop already has a POP3 session (RFC 2449 §8.1.2 IN-USE)."""
 
 
+LOCK_FILE = ".mailhost-pop3.lock"
+
+
 class MailboxLock:
     """One session's hold on a maildrop; releasing it twice is harmless."""
 
-    def __init__(self, registry: MailboxLocks, key: str) -> None:
-        self._registry = registry
-        self._key = key
-        self.held = True
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
 
     def release(self) -> None:
-        if self.held:
-            self.held = False
-            self._registry.release(self._key)
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
 
 class MailboxLocks:
-    """In-process exclusive locks on maildrops, keyed by absolute path (RFC 1939 §4).
+    """Exclusive locks on maildrops (RFC 1939 §4): ``flock`` on a file in the Maildir.
 
-    Keyed by path rather than by listener, so every POP3 factory of a process
-    (plain and TLS ports, several providers on one data directory) excludes the
-    others. The reactor thread is the only caller, so no thread lock is needed.
+    An flock excludes every other open of the file, in this process (plain and
+    TLS listeners alike) and in any other process on the same data directory,
+    and the kernel drops it if the process dies. Taking it never blocks.
     """
 
-    def __init__(self) -> None:
-        self._held: set[str] = set()
-
     def acquire(self, maildir: Path) -> MailboxLock:
-        key = os.path.abspath(maildir)
-        if key in self._held:
-            raise MailboxInUse(key)
-        self._held.add(key)
-        return MailboxLock(self, key)
-
-    def release(self, key: str) -> None:
-        self._held.discard(key)
+        ensure_maildir(maildir)
+        fd = os.open(maildir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise MailboxInUse(str(maildir)) from None
+        return MailboxLock(fd)
 
     def is_locked(self, maildir: Path) -> bool:
-        return os.path.abspath(maildir) in self._held
+        try:
+            fd = os.open(maildir / LOCK_FILE, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
 
 
 POP3_LOCKS = MailboxLocks()

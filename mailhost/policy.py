@@ -162,8 +162,7 @@ def explain_refusal(request: Request, schemes: Schemes, grant: Grant | None, now
         if grant is not None and _same_ip(grant.ip, ip) and grant.granted_at <= now:
             age = _seconds(now - grant.granted_at)
             why_not.append(
-                f"the last POP3 login from {ip} ({grant.account}, {age} ago) "
-                f"is outside the {window} window"
+                f"the last POP3 login from {ip} was {age} ago, outside the {window} window"
             )
     else:
         why_not.append(pop_off)

@@ -339,4 +339,35 @@ def test_checker_spends_a_dummy_bcrypt_check_on_an_unknown_user(users: AccountFi
     """An unknown user still costs one bcrypt check through the hop, so timing reveals nothing."""
     runner = RecordingRunner()
     assert isinstance(_check(users, username, b"pw", runner), Failure)
-    assert runner.calls == ["_spend_dummy"]
+    assert runner.calls == ["spend_dummy_check"]
+
+
+def _count_bcrypt_checks(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    costs: list[bytes] = []
+    real = accounts_module.bcrypt.checkpw
+
+    def counting(password: bytes, hashed: bytes) -> bool:
+        costs.append(hashed.split(b"$")[2])
+        return real(password, hashed)
+
+    monkeypatch.setattr(accounts_module.bcrypt, "checkpw", counting)
+    return costs
+
+
+@pytest.mark.parametrize(
+    "stored_prefix", ["{BLF-CRYPT}", "{PLAIN}"], ids=["bcrypt-hash", "foreign-scheme"]
+)
+def test_every_refusal_spends_one_bcrypt_at_the_hash_cost(monkeypatch, stored_prefix):
+    """A too-long password or a foreign hash scheme is refused only after a bcrypt of equal cost."""
+    stored = hash_password("secret", cost=5).replace("{BLF-CRYPT}", stored_prefix)
+    costs = _count_bcrypt_checks(monkeypatch)
+    assert verify_password(b"x" * 73, stored) is False
+    expected = b"05" if stored_prefix == "{BLF-CRYPT}" else b"12"
+    assert costs == [expected]
+
+
+def test_unknown_users_cost_as_much_as_the_usual_account(users: AccountFile, monkeypatch):
+    """The dummy check for an unknown user runs at the most common cost of the accounts."""
+    costs = _count_bcrypt_checks(monkeypatch)
+    assert isinstance(_check(users, b"nobody@example.org", b"pw"), Failure)
+    assert costs == [b"04"]

@@ -252,3 +252,61 @@ def test_files_without_size_fields_are_sized_by_reading(tmp_path):
     (box / "cur" / "1700000000.other.host:2,S").write_bytes(b"a\nbb\n")
     [message] = PopMailbox.scan(box).messages
     assert message.size == 7
+
+
+def test_lock_excludes_another_process(tmp_path: Path) -> None:
+    """A second mailhost process on the same data directory sees the maildrop as in use."""
+    import subprocess
+    import sys
+
+    lock = MailboxLocks().acquire(tmp_path / "box")
+    probe = (
+        "import sys; from pathlib import Path; from mailhost.maildir import MailboxLocks;"
+        "print(MailboxLocks().is_locked(Path(sys.argv[1])))"
+    )
+    held = subprocess.run(
+        [sys.executable, "-c", probe, str(tmp_path / "box")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    lock.release()
+    freed = subprocess.run(
+        [sys.executable, "-c", probe, str(tmp_path / "box")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert (held.stdout.strip(), freed.stdout.strip()) == ("True", "False")
+
+
+def test_delivery_fsyncs_file_then_renames_then_fsyncs_directory(tmp_path, monkeypatch):
+    """A 250 may follow deliver(): the file is fsync'd, renamed into new/, and new/ fsync'd."""
+    box = maildir.ensure_maildir(tmp_path / "box")
+    steps: list[str] = []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd: int) -> None:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        steps.append("fsync dir " + Path(target).name if os.path.isdir(target) else "fsync file")
+        real_fsync(fd)
+
+    def rename(src, dst) -> None:
+        steps.append(f"rename {Path(src).parent.name}->{Path(dst).parent.name}")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    deliver(box, b"Subject: x\n\nbody\n")
+    assert steps == ["fsync file", "rename tmp->new", "fsync dir new"]
+
+
+def test_first_delivery_makes_new_directories_durable(tmp_path, monkeypatch):
+    """Creating an account's Maildir fsyncs every parent whose entries changed."""
+    synced: list[Path] = []
+    monkeypatch.setattr(maildir, "_fsync_dir", synced.append)
+    maildir.ensure_maildir(tmp_path / "mail" / "alice@example.org")
+    assert set(synced) == {tmp_path, tmp_path / "mail", tmp_path / "mail" / "alice@example.org"}
+    synced.clear()
+    maildir.ensure_maildir(tmp_path / "mail" / "alice@example.org")
+    assert synced == []
