@@ -26,14 +26,21 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# Real clients for the interoperability tests; the tests skip with a reason if these are missing.
+# Real clients for the interoperability tests (swaks needs Net::SSLeay for --tls); the tests
+# skip with a reason if these are missing. At most one quiet apt-get update, only when needed.
 .PHONY: interop-clients
 interop-clients:
-	@command -v swaks >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq swaks >/dev/null) \
-	      || echo "note: could not install swaks; its interop tests will be skipped"; \
-	  else echo "note: swaks not installed; its interop tests will be skipped"; fi; }
+	@missing=""; \
+	command -v swaks >/dev/null 2>&1 || missing="$$missing swaks"; \
+	perl -MNet::SSLeay -e 1 >/dev/null 2>&1 || missing="$$missing libnet-ssleay-perl"; \
+	command -v curl >/dev/null 2>&1 || missing="$$missing curl"; \
+	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  (apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends $$missing >/dev/null 2>&1) \
+	    || echo "note: could not install$$missing; their interop tests will be skipped"; \
+	else echo "note:$$missing not installed; their interop tests will be skipped"; fi
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis

@@ -12,6 +12,7 @@ import json
 import socket
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from mailhost.config import (
     Limits,
     Listeners,
     ServeConfig,
+    TLSConfig,
     parse_domain,
     parse_duration,
     parse_instant,
@@ -34,6 +36,8 @@ from mailhost.config import (
     parse_state,
 )
 from mailhost.policy import Schemes
+from mailhost.throttle import DEFAULT_LIMIT, ThrottleSettings
+from mailhost.tls import TLSError, TLSIdentity, server_identity
 
 DEMO_ACCOUNTS = {"alice@example.org": "alice-secret", "bob@example.org": "bob-secret"}
 DEMO_COST = 10
@@ -178,6 +182,54 @@ def ensure_demo_accounts(data: DataDir) -> dict[str, str]:
 )
 @click.option("--pop3-port", default="2110", show_default=True, callback=_parsed(parse_port))
 @click.option(
+    "--smtps-port",
+    default="2465",
+    show_default=True,
+    callback=_parsed(parse_port),
+    help="Submission over implicit TLS (RFC 8314).",
+)
+@click.option(
+    "--pop3s-port",
+    default="2995",
+    show_default=True,
+    callback=_parsed(parse_port),
+    help="POP3 over implicit TLS (RFC 8314).",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="PEM certificate (then any chain). Default: a self-signed one in DIR/tls/.",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="PEM private key (unencrypted) for --tls-cert.",
+)
+@click.option(
+    "--allow-plaintext-auth",
+    is_flag=True,
+    help="Accept passwords without TLS from any address (default: loopback or TLS only).",
+)
+@click.option(
+    "--enforce-sender",
+    is_flag=True,
+    help="SMTP-Auth sessions may only use their own address as the sender.",
+)
+@click.option(
+    "--auth-failure-limit",
+    default=str(DEFAULT_LIMIT),
+    show_default=True,
+    callback=_parsed(parse_positive, "a whole number greater than zero"),
+    help="Failed logins from one address, within the window, before it is refused.",
+)
+@click.option(
+    "--auth-failure-window",
+    default="10m",
+    show_default=True,
+    callback=_parsed(parse_duration),
+    help="How long a failed login counts against its address (600, 30s, 10m, 2h).",
+)
+@click.option(
     "--domain",
     "domains",
     multiple=True,
@@ -225,6 +277,14 @@ def serve(
     smtp_port: int,
     submission_port: int,
     pop3_port: int,
+    smtps_port: int,
+    pop3s_port: int,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    allow_plaintext_auth: bool,
+    enforce_sender: bool,
+    auth_failure_limit: int,
+    auth_failure_window: Any,
     domains: tuple[str, ...],
     smtp_auth: Any,
     smtp_after_pop: Any,
@@ -235,24 +295,48 @@ def serve(
     demo_accounts: bool,
 ) -> None:
     """Run the provider until interrupted; prints one JSON line when ready."""
+    try:
+        tls_config = TLSConfig(cert=tls_cert, key=tls_key)
+    except ConfigError as e:
+        fail(f"{e.flag} {e.value} given alone; expected {e.accepted}")
     config = ServeConfig(
         data_dir=data_dir,
         host=host,
-        listeners=Listeners(smtp=smtp_port, submission=submission_port, pop3=pop3_port),
+        listeners=Listeners(
+            smtp=smtp_port,
+            submission=submission_port,
+            pop3=pop3_port,
+            smtps=smtps_port,
+            pop3s=pop3s_port,
+        ),
         domains=domains,
-        schemes=Schemes(smtp_auth, smtp_after_pop, pop_window),
+        schemes=Schemes(smtp_auth, smtp_after_pop, pop_window, enforce_sender=enforce_sender),
         now=now,
         limits=Limits(max_message_size=max_message_size),
         hostname=hostname or socket.gethostname() or "localhost",
+        tls=tls_config,
+        allow_plaintext_auth=allow_plaintext_auth,
+        throttle=ThrottleSettings(limit=auth_failure_limit, window=auth_failure_window),
     )
     if demo_accounts:
         if host not in LOOPBACK_HOSTS and not host.startswith("127."):
             fail("--demo-accounts has well-known passwords; use it only with a loopback --host")
         for address, password in ensure_demo_accounts(DataDir(data_dir)).items():
             click.echo(f"demo account {address} password {password}", err=True)
+    try:
+        tls = server_identity(
+            tls_cert, tls_key, DataDir(data_dir).tls, config.hostname, datetime.now(UTC)
+        )
+    except TLSError as e:
+        fail(str(e))
+    origin = "given" if tls_cert else "self-signed, made by mailhost"
+    click.echo(
+        f"TLS certificate {tls.cert_path} ({origin}) SHA-256 fingerprint {tls.fingerprint_sha256}",
+        err=True,
+    )
     from twisted.internet import task
 
-    task.react(_run_server, (config,))
+    task.react(_run_server, (config, tls))
 
 
 def _print_event(event: dict[str, Any]) -> None:
@@ -262,7 +346,7 @@ def _print_event(event: dict[str, Any]) -> None:
     click.echo(f"{event['at']} {event['kind']} {fields}", err=True)
 
 
-async def _run_server(reactor: Any, config: ServeConfig) -> None:
+async def _run_server(reactor: Any, config: ServeConfig, tls: TLSIdentity) -> None:
     from twisted.internet import defer
 
     from mailhost.service import ListenError, MailhostService
@@ -270,7 +354,7 @@ async def _run_server(reactor: Any, config: ServeConfig) -> None:
     running: defer.Deferred[None] = defer.Deferred()
     reactor.callWhenRunning(running.callback, None)
     await running  # signal handlers are in place from here, so Ctrl-C shuts down cleanly
-    service = MailhostService(config, reactor)
+    service = MailhostService(config, reactor, tls)
     service.provider.events.subscribe(_print_event)
     service.startService()
     try:

@@ -14,6 +14,7 @@ from pathlib import Path
 from mailhost.addresses import AddressError, check_domain
 from mailhost.policy import Schemes
 from mailhost.schedule import Schedule
+from mailhost.throttle import ThrottleSettings
 
 STATE_FORMS = "on, off, or until:<ISO 8601 date or datetime> (e.g. until:2013-09-02)"
 DURATION_FORMS = "seconds (600) or a number with s, m or h (30s, 10m, 2h)"
@@ -119,6 +120,11 @@ class DataDir:
     def events(self) -> Path:
         return self.root / "events.jsonl"
 
+    @property
+    def tls(self) -> Path:
+        """mailhost's own self-signed cert.pem and key.pem, when none is given."""
+        return self.root / "tls"
+
     def mailbox(self, account: str) -> Path:
         return self.root / "mail" / account
 
@@ -148,6 +154,23 @@ class Listeners:
     smtp: int = 2525
     submission: int = 2587
     pop3: int = 2110
+    smtps: int = 2465
+    """Implicit-TLS submission (RFC 8314), the submission role behind TLS."""
+    pop3s: int = 2995
+    """Implicit-TLS POP3 (RFC 8314)."""
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """An operator's PEM certificate and key; both None means mailhost makes its own."""
+
+    cert: Path | None = None
+    key: Path | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert is None) != (self.key is None):
+            flag, path = ("--tls-cert", self.cert) if self.key is None else ("--tls-key", self.key)
+            raise ConfigError(flag, str(path), "both --tls-cert and --tls-key, or neither")
 
 
 @dataclass(frozen=True)
@@ -164,3 +187,7 @@ class ServeConfig:
     limits: Limits = field(default_factory=Limits)
     hostname: str = "localhost"
     bcrypt_cost: int = 12
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    allow_plaintext_auth: bool = False
+    """Accept passwords without TLS from non-loopback peers too."""
+    throttle: ThrottleSettings = field(default_factory=ThrottleSettings)

@@ -50,6 +50,19 @@ class Origin:
     helo: str = ""
     protocol: str = "ESMTP"
     smtp_auth_account: str | None = None
+    tls: bool = False
+    """The session runs over TLS (implicit, or after STARTTLS)."""
+
+
+def received_protocol(extended: bool, tls: bool, authenticated: bool) -> str:
+    """The Received ``with`` keyword (RFC 3848): ESMTP plus S for TLS and A for SMTP-Auth.
+
+    RFC 3848 has no TLS or AUTH variant of plain SMTP, and AUTH needs EHLO, so
+    a HELO session is ``SMTP`` whatever else holds.
+    """
+    if not extended:
+        return "SMTP"
+    return "ESMTP" + ("S" if tls else "") + ("A" if authenticated else "")
 
 
 @dataclass(frozen=True)
@@ -96,6 +109,7 @@ def decide(
         role=origin.role,
         account=origin.smtp_auth_account,
         recipient=None if destination is None else destination.kind,
+        sender=sender,
     )
     decision = policy.decide(
         request, provider.schemes, provider.logins.last_login(origin.peer_ip), now
@@ -108,6 +122,7 @@ def decide(
         sender=sender,
         recipient=None if destination is None else destination.address,
         smtp_auth_account=origin.smtp_auth_account,
+        tls=origin.tls,
         allowed=decision.allowed,
         code=decision.code,
         enhanced=decision.enhanced,
@@ -148,7 +163,7 @@ def received_header(
 ) -> str:
     """The RFC 5321 §4.4 trace header, folded, LF-terminated.
 
-    ``with`` follows RFC 3848 (ESMTPA after SMTP-Auth); the comment after the
+    ``with`` follows RFC 3848 (see :func:`received_protocol`); the comment after the
     from-clause names the scheme that authorised the message.
     """
     lines = [

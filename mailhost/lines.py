@@ -11,11 +11,20 @@ Lines end with CRLF; a bare LF is accepted as a line end too, as most servers
 do. A line longer than ``max_line_length`` octets (terminator included) is
 reported once through :meth:`line_too_long` and its bytes are discarded up to
 the next line end, never buffered.
+
+STARTTLS and STLS switch the same connection to TLS. Bytes the client sent
+behind the command arrived in plaintext and must not be acted on as if they
+came over TLS (the CVE-2011-0411 injection class): :meth:`start_tls` drops
+them, and the drain loop, which reads the buffer afresh for every line, then
+has nothing left to deliver.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet import defer, protocol
+from twisted.internet.interfaces import ISSLTransport, ITLSTransport
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python import log
 
@@ -28,8 +37,11 @@ class LineProtocol(protocol.Protocol, TimeoutMixin):
     _paused = False
     _draining = False
     _closed = False
+    _transport_paused = False
 
     def dataReceived(self, data: bytes) -> None:
+        if self._closed:
+            return
         self.resetTimeout()
         self._buffer += data
         self._drain()
@@ -65,34 +77,62 @@ class LineProtocol(protocol.Protocol, TimeoutMixin):
 
     def _wait(self, d: defer.Deferred) -> None:
         self._paused = True
-        transport_paused = False
 
         def resume(result: object) -> object:
             self._paused = False
+            self._resume_transport()
             if not self._closed and self.transport is not None:
-                if transport_paused:
-                    self.transport.resumeProducing()
                 self._drain()
             return result
 
         d.addBoth(resume)
         d.addErrback(log.err, "unhandled error in a line handler")
         if self._paused and not self._closed and self.transport is not None:
-            transport_paused = True
+            self._transport_paused = True
             self.transport.pauseProducing()
+
+    def _resume_transport(self) -> None:
+        if self._transport_paused:
+            self._transport_paused = False
+            self.transport.resumeProducing()
 
     def discard_buffered_input(self) -> None:
         """Drop every byte received but not yet handled (used when TLS starts)."""
         self._buffer = b""
         self._discarding = False
 
+    @property
+    def tls_active(self) -> bool:
+        """True on an implicit-TLS connection and once STARTTLS/STLS has switched."""
+        return ISSLTransport.providedBy(self.transport)
+
+    def tls_available(self, options: Any) -> bool:
+        """Whether this connection could switch to TLS now (and so may offer it)."""
+        return (
+            options is not None and not self.tls_active and ITLSTransport.providedBy(self.transport)
+        )
+
+    def start_tls(self, options: Any) -> None:
+        """Switch to TLS after the go-ahead reply, dropping whatever plaintext followed it.
+
+        The reply must already be written: the transport sends it before the
+        handshake. Nothing received before this call is handled afterwards.
+        """
+        self.discard_buffered_input()
+        self.transport.startTLS(options)
+
     def write_line(self, line: bytes) -> None:
         self.transport.write(line + b"\r\n")
 
     def close(self) -> None:
-        """Stop reading, send what is queued, then close."""
+        """Stop handling input, send what is queued, then close.
+
+        A transport left paused would never read the peer's TLS close_notify,
+        so a TLS connection would never finish closing: resume it first.
+        """
         self._closed = True
         self.setTimeout(None)
+        self._resume_transport()
         self.transport.loseConnection()
 
     def connectionLost(self, reason: object = protocol.connectionDone) -> None:

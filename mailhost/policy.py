@@ -175,12 +175,15 @@ def explain_refusal(request: Request, schemes: Schemes, grant: Grant | None, now
 
 
 def _sender_refusal(request: Request, schemes: Schemes, now: datetime) -> Decision | None:
-    """With --enforce-sender, an SMTP-Auth session may use only its own address at MAIL."""
+    """With --enforce-sender, an SMTP-Auth session may use only its own address at MAIL.
+
+    The null sender ``<>`` stays allowed: bounces and auto-replies need it.
+    """
     if (
         schemes.enforce_sender
         and request.recipient is None
         and request.account is not None
-        and request.sender is not None
+        and request.sender
         and schemes.smtp_auth.is_on(now)
         and request.sender.lower() != request.account.lower()
     ):

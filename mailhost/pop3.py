@@ -10,6 +10,20 @@ The wire rules that need no connection (line splitting, the TOP cut,
 byte-stuffing, the PLAIN message) are plain functions below; the protocol only
 sequences them. The session's maildrop comes from a twisted.cred portal whose
 realm locks it; a successful login records the SMTP-after-POP grant.
+
+TLS and passwords: STLS (RFC 2595 §4) switches to TLS in the AUTHORIZATION
+state, dropping any plaintext the client sent behind it and any USER given
+before it. USER/PASS and AUTH PLAIN are offered, and accepted, only where a
+password may travel (:func:`mailhost.policy.plaintext_auth_allowed`), with
+Dovecot's wording for the refusal. An address with too many recent failed
+logins (:class:`mailhost.throttle.AuthThrottle`) is refused before the
+password is checked.
+
+CAPA reflects the current state (RFC 2595 §4 lets it change after STLS): STLS
+while TLS could start, USER and SASL while a password would be accepted. That
+is why it is not a constant, though RFC 2449 §5 asks for the AUTHORIZATION
+capabilities to be listed in both states: STLS is gone after login because
+it could no longer be used.
 """
 
 from __future__ import annotations
@@ -24,7 +38,7 @@ from twisted.internet import defer, protocol
 from twisted.python import failure, log
 from zope.interface import Interface, implementer
 
-from mailhost import events, sasl
+from mailhost import events, policy, sasl
 from mailhost.lines import LineProtocol
 from mailhost.maildir import POP3_LOCKS, MailboxInUse, MailboxLocks, PopMailbox, PopMessage
 from mailhost.provider import Provider
@@ -40,12 +54,17 @@ CAPABILITIES = (
     b"SASL PLAIN",
     b"IMPLEMENTATION mailhost",
 )
+PASSWORD_CAPABILITIES = frozenset({b"USER", b"SASL PLAIN"})
 SASL_MECHANISMS = (b"PLAIN",)
 MAX_LINE_LENGTH = 512
 
 AUTH_FAILED = b"-ERR [AUTH] Authentication failed"
 IN_USE = b"-ERR [IN-USE] Mailbox is locked by another POP3 session"
 STORAGE_FAILED = b"-ERR [SYS/TEMP] Mailbox unavailable, try again later"
+PLAINTEXT_DISALLOWED = (
+    b"-ERR [AUTH] Plaintext authentication disallowed on non-secure (SSL/TLS) connections"
+)
+THROTTLED = b"-ERR [SYS/TEMP] Too many failed logins from your address; try again later"
 NO_SUCH_MESSAGE = b"-ERR No such message"
 
 
@@ -85,6 +104,12 @@ def multiline(lines: Iterable[bytes]) -> bytes:
     """RFC 1939 §3 multi-line body: CRLF line ends, a leading ``.`` doubled, ``.`` at the end."""
     stuffed = (b"." + line if line.startswith(b".") else line for line in lines)
     return b"".join(line + b"\r\n" for line in stuffed) + b".\r\n"
+
+
+def capabilities(stls: bool, passwords: bool) -> list[bytes]:
+    """The CAPA list: STLS while TLS could start, USER and SASL while passwords are accepted."""
+    listed = [c for c in CAPABILITIES if passwords or c not in PASSWORD_CAPABILITIES]
+    return [*listed, b"STLS"] if stls else listed
 
 
 def parse_number(argument: bytes) -> int | None:
@@ -218,10 +243,43 @@ class POP3Server(LineProtocol):
 
     # AUTHORIZATION
 
+    def _stls_available(self) -> bool:
+        return self.maildrop is None and self.tls_available(self.provider.tls_options)
+
+    def _plaintext_auth_allowed(self) -> bool:
+        return policy.plaintext_auth_allowed(
+            self._peer_ip(), self.tls_active, self.provider.allow_plaintext_auth
+        )
+
     def do_CAPA(self, argument: bytes) -> None:
-        self._write_multiline(b"+OK Capability list follows", CAPABILITIES)
+        listed = capabilities(self._stls_available(), self._plaintext_auth_allowed())
+        self._write_multiline(b"+OK Capability list follows", listed)
+
+    def do_STLS(self, argument: bytes) -> None:
+        """RFC 2595 §4: +OK, then TLS; a USER given in plaintext is forgotten."""
+        if self.tls_active:
+            self.write_line(b"-ERR TLS is already active")
+            return None
+        if not self._stls_available():
+            self.write_line(b"-ERR TLS is not available")
+            return None
+        if argument.strip():
+            return self._bad(b"-ERR STLS takes no arguments")
+        self.write_line(b"+OK Begin TLS negotiation")
+        self.start_tls(self.provider.tls_options)
+        self._user = None
+        return None
+
+    def _refuse_plaintext(self) -> bool:
+        """Refuse a password command where passwords may not travel; True when refused."""
+        if self._plaintext_auth_allowed():
+            return False
+        self.write_line(PLAINTEXT_DISALLOWED)
+        return True
 
     def do_USER(self, argument: bytes) -> None:
+        if self._refuse_plaintext():
+            return None
         name = argument.strip()
         if not name:
             return self._bad(b"-ERR USER needs a mailbox name")
@@ -230,18 +288,24 @@ class POP3Server(LineProtocol):
         return None
 
     def do_PASS(self, argument: bytes) -> defer.Deferred | None:
+        if self._refuse_plaintext():
+            return None
         if self._user is None:
             return self._bad(b"-ERR Send USER first")
         user, self._user = self._user, None
         return self._login(user, argument, "USER")
 
     def do_AUTH(self, argument: bytes) -> defer.Deferred | None:
+        if self._refuse_plaintext():
+            return None
         words = argument.split()
         if not words:
             self._write_multiline(b"+OK Supported SASL mechanisms", SASL_MECHANISMS)
             return None
         if words[0].upper() not in SASL_MECHANISMS or len(words) > 2:
             return self._bad(b"-ERR Unsupported authentication mechanism")
+        if self._throttled("", "PLAIN"):
+            return None
         if len(words) == 1:
             self._awaiting_sasl = True
             self.write_line(b"+ ")
@@ -263,7 +327,23 @@ class POP3Server(LineProtocol):
             return None
         return self._login(plain.authcid, plain.password, "PLAIN")
 
-    def _login(self, username: str, password: bytes, mechanism: str) -> defer.Deferred:
+    def _throttled(self, username: str, mechanism: str) -> bool:
+        """Refuse, without checking anything, a login from an address being throttled.
+
+        Not itself a failure for the throttle: no password was tried, and
+        counting it would keep a blocked address blocked for as long as it
+        keeps knocking.
+        """
+        ip, now = self._peer_ip(), self.provider.now()
+        if not self.provider.throttle.is_blocked(ip, now):
+            return False
+        self._login_refused(username, mechanism, "throttled")
+        self.write_line(THROTTLED)
+        return True
+
+    def _login(self, username: str, password: bytes, mechanism: str) -> defer.Deferred | None:
+        if self._throttled(username, mechanism):
+            return None
         credentials = UsernamePassword(username.encode("utf-8"), password)
         d = self.portal.login(credentials, None, IPopMailbox)
         return d.addCallbacks(
@@ -303,6 +383,9 @@ class POP3Server(LineProtocol):
             self.write_line(reply)
 
     def _login_refused(self, username: str, mechanism: str, cause: str) -> None:
+        """Log a refused login; a refusal for bad credentials also counts towards the throttle."""
+        if cause == "credentials":
+            self.provider.throttle.record_failure(self._peer_ip(), self.provider.now())
         self.provider.events.emit(
             events.POP_LOGIN_FAILED,
             self.provider.now(),
@@ -431,7 +514,7 @@ class POP3Server(LineProtocol):
         return d.addCallbacks(committed, not_committed).addCallback(finish)
 
 
-AUTHORIZATION_COMMANDS = frozenset({b"CAPA", b"USER", b"PASS", b"AUTH", b"QUIT"})
+AUTHORIZATION_COMMANDS = frozenset({b"CAPA", b"STLS", b"USER", b"PASS", b"AUTH", b"QUIT"})
 TRANSACTION_COMMANDS = frozenset(
     {b"CAPA", b"STAT", b"LIST", b"UIDL", b"TOP", b"RETR", b"DELE", b"RSET", b"NOOP", b"QUIT"}
 )

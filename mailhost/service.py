@@ -3,7 +3,9 @@
 One :class:`Provider` (realm, login table, clock, event log) is shared by
 every listener. Listeners are endpoint strings parsed by ``serverFromString``
 in :func:`endpoint_description` and nowhere else; ``ready`` fires once all of
-them listen, with the ports the kernel bound (port 0 picks a free one).
+them listen, with the ports the kernel bound (port 0 picks a free one). The
+implicit-TLS listeners (RFC 8314) are the same factories wrapped in TLS; the
+same certificate serves STARTTLS/STLS on the plain ones.
 The reactor is a parameter throughout; only the CLI and tests choose one.
 """
 
@@ -19,11 +21,12 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.threadpool import ThreadPool
 
 from mailhost.accounts import AccountFile, Accounts
 from mailhost.blocking import RunBlocking, thread_pool_runner
-from mailhost.clock import ServerClock
+from mailhost.clock import ServerClock, utc_from_seconds
 from mailhost.config import DataDir, ServeConfig
 from mailhost.events import EventLog
 from mailhost.policy import Role
@@ -31,9 +34,17 @@ from mailhost.pop3 import POP3Factory
 from mailhost.pop_logins import PopLoginTable
 from mailhost.provider import Provider
 from mailhost.smtp import SMTPFactory
+from mailhost.throttle import AuthThrottle
+from mailhost.tls import TLSIdentity, server_identity
 
 PRUNE_INTERVAL = 60.0
-LISTENER_FLAGS = {"smtp": "--smtp-port", "submission": "--submission-port", "pop3": "--pop3-port"}
+LISTENER_FLAGS = {
+    "smtp": "--smtp-port",
+    "submission": "--submission-port",
+    "pop3": "--pop3-port",
+    "smtps": "--smtps-port",
+    "pop3s": "--pop3s-port",
+}
 
 
 class ListenError(Exception):
@@ -51,7 +62,23 @@ def endpoint_description(host: str, port: int) -> str:
     return f"tcp:port={port}:interface={host.replace(':', chr(92) + ':')}"
 
 
-def build_provider(config: ServeConfig, clock: ServerClock, run_blocking: RunBlocking) -> Provider:
+def build_tls_identity(config: ServeConfig, reactor: Any) -> TLSIdentity:
+    """The configured certificate, or mailhost's own; validity is judged by wall-clock time."""
+    return server_identity(
+        config.tls.cert,
+        config.tls.key,
+        DataDir(config.data_dir).tls,
+        config.hostname,
+        utc_from_seconds(reactor.seconds()),
+    )
+
+
+def build_provider(
+    config: ServeConfig,
+    clock: ServerClock,
+    run_blocking: RunBlocking,
+    tls_options: Any = None,
+) -> Provider:
     data = DataDir(config.data_dir)
     data.root.mkdir(parents=True, exist_ok=True)
     return Provider(
@@ -65,6 +92,9 @@ def build_provider(config: ServeConfig, clock: ServerClock, run_blocking: RunBlo
         limits=config.limits,
         hostname=config.hostname,
         configured_domains=config.domains,
+        tls_options=tls_options,
+        allow_plaintext_auth=config.allow_plaintext_auth,
+        throttle=AuthThrottle(config.throttle),
     )
 
 
@@ -149,13 +179,17 @@ class _PruneService(Service):
 class MailhostService(MultiService):
     """The whole provider: thread pool, shared state, and the listeners."""
 
-    def __init__(self, config: ServeConfig, reactor: Any) -> None:
+    def __init__(self, config: ServeConfig, reactor: Any, tls: TLSIdentity | None = None) -> None:
         super().__init__()
         self.config = config
+        self.tls = tls if tls is not None else build_tls_identity(config, reactor)
+        tls_options = self.tls.server_options()
         pool = ThreadPool(minthreads=0, maxthreads=4, name="mailhost-blocking")
         _ThreadPoolService(pool).setServiceParent(self)
         clock = ServerClock(reactor, start=config.now)
-        self.provider = build_provider(config, clock, thread_pool_runner(reactor, pool))
+        self.provider = build_provider(
+            config, clock, thread_pool_runner(reactor, pool), tls_options
+        )
         _PruneService(reactor, self.provider).setServiceParent(self)
         listeners = [
             _Listener("smtp", SMTPFactory(self.provider, Role.MX), config.listeners.smtp),
@@ -165,6 +199,18 @@ class MailhostService(MultiService):
                 config.listeners.submission,
             ),
             _Listener("pop3", POP3Factory(self.provider), config.listeners.pop3),
+            _Listener(
+                "smtps",
+                TLSMemoryBIOFactory(
+                    tls_options, False, SMTPFactory(self.provider, Role.SUBMISSION)
+                ),
+                config.listeners.smtps,
+            ),
+            _Listener(
+                "pop3s",
+                TLSMemoryBIOFactory(tls_options, False, POP3Factory(self.provider)),
+                config.listeners.pop3s,
+            ),
         ]
         self._listeners = _ListenersService(reactor, config.host, listeners)
         self._listeners.setServiceParent(self)
@@ -195,4 +241,8 @@ class MailhostService(MultiService):
                 "pop-window": int(window.total_seconds()),
             },
             "domains": sorted(self.provider.local_domains()),
+            "tls": {
+                "cert": str(self.tls.cert_path.absolute()),
+                "fingerprint_sha256": self.tls.fingerprint_sha256,
+            },
         }

@@ -15,13 +15,25 @@ Line limits: a command line is at most 512 octets (RFC 5321 §4.5.3.1.4), but
 an AUTH line or SASL response may reach 12288 (RFC 4954 §4), so the line
 buffer is sized for the latter and the 512 is checked per command here. A
 message text line is at most 1000 octets (§4.5.3.1.6).
+
+TLS: STARTTLS (RFC 3207) is offered when the provider has TLS options and
+the connection is not TLS yet; after the 220 the plaintext the client sent
+behind the command is dropped and the session starts over (§4.2), so neither
+injected commands nor the pre-TLS EHLO, transaction or login survive. AUTH is
+offered only where a password may travel: over TLS, from loopback, or with
+``allow_plaintext_auth`` (:func:`mailhost.policy.plaintext_auth_allowed`);
+elsewhere AUTH gets ``538 5.7.11`` (RFC 4954 §6). An address with too many
+recent failures (:class:`mailhost.throttle.AuthThrottle`) gets ``454 4.7.0``
+before any password is checked.
 """
 
 from __future__ import annotations
 
 import base64
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from twisted.cred import error as cred_error
 from twisted.cred.credentials import UsernamePassword
@@ -171,6 +183,12 @@ class MessageReader:
         return b"".join(line + b"\n" for line in self.lines)
 
 
+def throttled_text(retry_after: timedelta) -> str:
+    """The 454 text for a throttled address, with whole seconds rounded up (never "0 s")."""
+    seconds = max(1, math.ceil(retry_after.total_seconds()))
+    return f"Too many failed authentications from your address; try again in {seconds} s"
+
+
 def smtp_auth_off_text(provider: Provider) -> str:
     since = provider.schemes.smtp_auth.off_since(provider.now())
     if since is None:
@@ -203,6 +221,7 @@ class SMTPServer(LineProtocol):
             "RCPT": self.do_RCPT,
             "DATA": self.do_DATA,
             "AUTH": self.do_AUTH,
+            "STARTTLS": self.do_STARTTLS,
             "RSET": self.do_RSET,
             "NOOP": self.do_NOOP,
             "QUIT": self.do_QUIT,
@@ -221,15 +240,26 @@ class SMTPServer(LineProtocol):
         return self.provider.hostname
 
     def origin(self) -> delivery.Origin:
-        kind = "ESMTP" if self.extended else "SMTP"
-        if self.auth_account is not None:
-            kind = "ESMTPA"
+        tls = self.tls_active
         return delivery.Origin(
             peer_ip=self.peer_ip,
             role=self.role,
             helo=self.helo or "",
-            protocol=kind,
+            protocol=delivery.received_protocol(self.extended, tls, self.auth_account is not None),
             smtp_auth_account=self.auth_account,
+            tls=tls,
+        )
+
+    def plaintext_auth_allowed(self) -> bool:
+        return policy.plaintext_auth_allowed(
+            self.peer_ip, self.tls_active, self.provider.allow_plaintext_auth
+        )
+
+    def auth_offered(self) -> bool:
+        """AUTH is advertised only where it would be accepted (RFC 4954 §6 on 538)."""
+        return (
+            self.provider.schemes.smtp_auth.is_on(self.provider.now())
+            and self.plaintext_auth_allowed()
         )
 
     def reply(self, code: int, enhanced: str | None, text: str) -> None:
@@ -307,11 +337,42 @@ class SMTPServer(LineProtocol):
             "PIPELINING",
             "ENHANCEDSTATUSCODES",
         ]
-        if self.provider.schemes.smtp_auth.is_on(self.provider.now()):
+        if self.tls_available(self.provider.tls_options):
+            lines.append("STARTTLS")
+        if self.auth_offered():
             lines.append("AUTH PLAIN LOGIN")
         for line in lines[:-1]:
             self.write_line(f"250-{line}".encode("ascii"))
         self.write_line(f"250 {lines[-1]}".encode("ascii"))
+
+    def do_STARTTLS(self, argument: str) -> None:
+        """RFC 3207: reply 220, switch to TLS, and start the session over."""
+        if self.tls_active:
+            self.reply(503, "5.5.1", "Error: TLS is already active")
+            return
+        if not self.tls_available(self.provider.tls_options):
+            self.reply(502, "5.5.1", "Error: STARTTLS is not offered")
+            return
+        if argument.strip():
+            self.bad_command(501, "5.5.4", "Syntax: STARTTLS (no parameters)")
+            return
+        if self.sender is not None:
+            self.reply(503, "5.5.1", "Error: STARTTLS is not allowed during a mail transaction")
+            return
+        self.reply(220, "2.0.0", "Ready to start TLS")
+        self.start_tls(self.provider.tls_options)
+        self._forget_session()
+
+    def _forget_session(self) -> None:
+        """RFC 3207 §4.2: back to just after the greeting; nothing said in plaintext counts.
+
+        The failure counts stay: they describe the client, not the session.
+        """
+        self.helo = None
+        self.extended = False
+        self.auth_account = None
+        self._sasl = None
+        self._reset_transaction()
 
     def do_MAIL(self, argument: str) -> None:
         if self.helo is None:
@@ -468,20 +529,25 @@ class SMTPServer(LineProtocol):
             return None
         mechanism = words[0].upper()
         initial = words[1] if len(words) == 2 else None
+        if mechanism not in ("PLAIN", "LOGIN"):
+            self.reply(504, "5.5.4", "Unrecognized authentication type (use PLAIN or LOGIN)")
+            return None
+        if not self.plaintext_auth_allowed():
+            self.reply(538, "5.7.11", "Encryption required for requested authentication mechanism")
+            return None
+        if self._throttled(mechanism, ""):
+            return None
         if mechanism == "PLAIN":
             if initial is None:
                 self._sasl = self._plain_response
                 self.write_line(b"334 ")
                 return None
             return self._plain_response(initial)
-        if mechanism == "LOGIN":
-            if initial is None:
-                self._sasl = self._login_username
-                self.write_line(f"334 {LOGIN_USERNAME_CHALLENGE}".encode("ascii"))
-                return None
-            return self._login_username(initial)
-        self.reply(504, "5.5.4", "Unrecognized authentication type (use PLAIN or LOGIN)")
-        return None
+        if initial is None:
+            self._sasl = self._login_username
+            self.write_line(f"334 {LOGIN_USERNAME_CHALLENGE}".encode("ascii"))
+            return None
+        return self._login_username(initial)
 
     def _sasl_line(self, text: str) -> defer.Deferred | None:
         handler, self._sasl = self._sasl, None
@@ -522,8 +588,16 @@ class SMTPServer(LineProtocol):
             self.reply(501, "5.5.2", str(e))
             return None
 
-    def _check_password(self, mechanism: str, username: str, password: bytes) -> defer.Deferred:
-        """Ask the checker, which runs bcrypt off the reactor thread."""
+    def _check_password(
+        self, mechanism: str, username: str, password: bytes
+    ) -> defer.Deferred | None:
+        """Ask the checker, which runs bcrypt off the reactor thread.
+
+        The throttle is asked again here: the address may have been blocked by
+        another session while this one was prompting for the password.
+        """
+        if self._throttled(mechanism, username):
+            return None
         checker = self.provider.checker()
         d = checker.requestAvatarId(UsernamePassword(username.encode("utf-8"), password))
 
@@ -548,8 +622,33 @@ class SMTPServer(LineProtocol):
 
         return d.addCallbacks(succeeded, failed)
 
+    def _throttled(self, mechanism: str, username: str) -> bool:
+        """Refuse, without checking anything, an attempt from an address being throttled.
+
+        It counts towards this session's failures, so a client that keeps
+        trying is disconnected like one that keeps guessing, but not towards
+        the throttle: no password was tried, and the block should decay.
+        """
+        now = self.provider.now()
+        throttle = self.provider.throttle
+        if not throttle.is_blocked(self.peer_ip, now):
+            return False
+        self.auth_failures += 1
+        self.provider.events.emit(
+            events.SMTP_AUTH_FAILED,
+            now,
+            ip=self.peer_ip,
+            role=self.role.value,
+            username=username,
+            mechanism=mechanism,
+            reason="throttled",
+        )
+        self.reply(454, "4.7.0", throttled_text(throttle.retry_after(self.peer_ip, now)))
+        return True
+
     def _auth_failed(self, mechanism: str, username: str) -> None:
         self.auth_failures += 1
+        self.provider.throttle.record_failure(self.peer_ip, self.provider.now())
         self.provider.events.emit(
             events.SMTP_AUTH_FAILED,
             self.provider.now(),

@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.interfaces import ISSLTransport, ITLSTransport
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from zope.interface import alsoProvides, implementer
 
 from mailhost.accounts import AccountFile, Accounts
 from mailhost.blocking import run_inline
@@ -26,6 +29,7 @@ from mailhost.policy import Schemes
 from mailhost.pop_logins import PopLoginTable
 from mailhost.provider import Provider
 from mailhost.schedule import Schedule
+from mailhost.throttle import AuthThrottle
 
 TEST_COST = 4
 DEFAULT_START = datetime(2013, 9, 1, 23, 59, tzinfo=UTC)
@@ -47,6 +51,10 @@ def make_provider(
     pop_window: timedelta = timedelta(minutes=10),
     limits: Limits | None = None,
     domains: tuple[str, ...] = (),
+    tls_options: Any = None,
+    allow_plaintext_auth: bool = False,
+    throttle: AuthThrottle | None = None,
+    enforce_sender: bool = False,
 ) -> Provider:
     data = DataDir(root)
     account_file = AccountFile(data.users)
@@ -62,12 +70,47 @@ def make_provider(
             smtp_auth if smtp_auth is not None else Schedule.on(),
             smtp_after_pop if smtp_after_pop is not None else Schedule.on(),
             pop_window,
+            enforce_sender,
         ),
         run_blocking=run_inline,
         limits=limits if limits is not None else Limits(),
         hostname="mail.example.org",
         configured_domains=domains,
+        tls_options=tls_options,
+        allow_plaintext_auth=allow_plaintext_auth,
+        throttle=throttle if throttle is not None else AuthThrottle(),
     )
+
+
+@implementer(ITLSTransport)
+class TLSTransport(StringTransport):
+    """A StringTransport that can start TLS, as a TCP connection can.
+
+    ``startTLS`` performs no handshake: it records the options and what had
+    been written until then (the plaintext), and from then on the transport
+    provides ``ISSLTransport``, which is how a protocol sees that TLS is on.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tls_starts: list[Any] = []
+        self.plaintext: bytes | None = None
+
+    def startTLS(self, contextFactory: Any, normal: bool = True) -> None:
+        self.tls_starts.append(contextFactory)
+        self.plaintext = self.value()
+        alsoProvides(self, ISSLTransport)
+
+    def getPeerCertificate(self) -> None:
+        return None
+
+
+@implementer(ISSLTransport)
+class ImplicitTLSTransport(StringTransport):
+    """A StringTransport that is TLS from the first byte, like a port 465/995 connection."""
+
+    def getPeerCertificate(self) -> None:
+        return None
 
 
 class SourcePOP3(poplib.POP3):

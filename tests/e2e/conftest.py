@@ -12,6 +12,7 @@ import os
 import select
 import signal
 import smtplib
+import ssl
 import subprocess
 import sys
 import threading
@@ -42,6 +43,15 @@ class RunningServer:
     reactor: Any
     ports: dict[str, int]
     data: Path
+
+    @property
+    def cert(self) -> Path:
+        """The server's certificate (self-signed, its own authority): the CA file for clients."""
+        return self.service.tls.cert_path
+
+    def tls_context(self) -> ssl.SSLContext:
+        """A verifying client context that trusts exactly this server's certificate."""
+        return ssl.create_default_context(cafile=str(self.cert))
 
     def advance(self, seconds: float) -> None:
         """Move the server clock forward (grants and schedules follow it)."""
@@ -81,7 +91,7 @@ def reactor_thread() -> Iterator[Any]:
 
 @pytest.fixture
 def start_server(tmp_path: Path, reactor_thread: Any) -> Iterator[Callable[..., RunningServer]]:
-    """Start an in-process provider on ephemeral ports; accounts alice and bob."""
+    """Start an in-process provider on ephemeral ports (TLS ones too); accounts alice and bob."""
     from mailhost.service import MailhostService
 
     running: list[Any] = []
@@ -98,7 +108,7 @@ def start_server(tmp_path: Path, reactor_thread: Any) -> Iterator[Callable[..., 
         )
         config = ServeConfig(
             data_dir=data,
-            listeners=Listeners(smtp=0, submission=0, pop3=0),
+            listeners=Listeners(smtp=0, submission=0, pop3=0, smtps=0, pop3s=0),
             schemes=schemes,
             now=DEFAULT_START,
             hostname="mail.example.org",

@@ -23,7 +23,10 @@ def mailhost_command(*args: str) -> list[str]:
 
 pytestmark = pytest.mark.e2e
 
-EPHEMERAL = ("--smtp-port", "0", "--submission-port", "0", "--pop3-port", "0")
+EPHEMERAL = (
+    *("--smtp-port", "0", "--submission-port", "0", "--pop3-port", "0"),
+    *("--smtps-port", "0", "--pop3s-port", "0"),
+)
 CUTOVER = "until:2013-09-02"
 
 
@@ -48,7 +51,7 @@ def test_ready_line_reports_bound_ports_and_schemes(serve_process, tmp_path):
     """The JSON ready line names every bound port and the schemes as configured."""
     data = make_data(tmp_path)
     server = serve_process("--data", str(data), *EPHEMERAL, "--smtp-after-pop", CUTOVER)
-    assert set(server.ports) == {"smtp", "submission", "pop3"}
+    assert set(server.ports) == {"smtp", "submission", "pop3", "smtps", "pop3s"}
     assert all(port > 0 for port in server.ports.values())
     assert server.ready["schemes"]["smtp-after-pop"] == "until:2013-09-02T00:00:00Z"
     assert server.ready["domains"] == ["example.org"]
@@ -107,6 +110,10 @@ def test_port_in_use_is_named(tmp_path):
                 "--submission-port",
                 "0",
                 "--pop3-port",
+                "0",
+                "--smtps-port",
+                "0",
+                "--pop3s-port",
                 "0",
             ),
             capture_output=True,

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 from click.testing import CliRunner
 
 from mailhost.accounts import AccountFile, verify_password
 from mailhost.cli import main
+from mailhost.config import TLSConfig
+from mailhost.throttle import ThrottleSettings
+from mailhost.tls import ensure_self_signed
+
+NOW = datetime.now(UTC)
 
 
 @pytest.fixture
@@ -203,6 +210,11 @@ def test_data_dir_comes_from_environment(run, tmp_path):
         ("--smtp-port", "70000", "0 to 65535"),
         ("--domain", "bad_domain!", "domain name"),
         ("--max-message-size", "0", "greater than zero"),
+        ("--smtps-port", "70000", "0 to 65535"),
+        ("--pop3s-port", "pop", "0 to 65535"),
+        ("--auth-failure-limit", "0", "greater than zero"),
+        ("--auth-failure-limit", "ten", "greater than zero"),
+        ("--auth-failure-window", "soon", "10m"),
     ],
 )
 def test_serve_rejects_malformed_values_naming_flag(tmp_path, flag, value, expected):
@@ -212,3 +224,115 @@ def test_serve_rejects_malformed_values_naming_flag(tmp_path, flag, value, expec
     assert flag in result.output
     assert expected in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+@pytest.mark.parametrize("given", ["--tls-cert", "--tls-key"])
+def test_tls_cert_and_key_go_together(tmp_path, given):
+    """Only one of --tls-cert/--tls-key exits 2 naming both flags."""
+    result = CliRunner().invoke(
+        main, ["serve", "--data", str(tmp_path), given, str(tmp_path / "x.pem")]
+    )
+    assert result.exit_code == 2
+    assert "--tls-cert" in result.output and "--tls-key" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_mismatched_tls_key_exits_2_naming_the_flag(tmp_path):
+    """A key that does not belong to the certificate is refused before anything listens."""
+    one = ensure_self_signed(tmp_path / "one", "mail.example.org", NOW)
+    two = ensure_self_signed(tmp_path / "two", "mail.example.org", NOW)
+    flags = ["--tls-cert", str(one.cert_path), "--tls-key", str(two.key_path)]
+    result = CliRunner().invoke(main, ["serve", "--data", str(tmp_path), *flags])
+    assert result.exit_code == 2
+    assert f"--tls-key {two.key_path}: does not match the certificate in --tls-cert" in (
+        result.output
+    )
+
+
+def test_unreadable_tls_cert_exits_2_naming_the_flag(tmp_path):
+    """A --tls-cert that cannot be read is named with its path, without a traceback."""
+    missing = tmp_path / "missing.pem"
+    result = CliRunner().invoke(
+        main,
+        ["serve", "--data", str(tmp_path), "--tls-cert", str(missing), "--tls-key", str(missing)],
+    )
+    assert result.exit_code == 2
+    assert f"--tls-cert {missing}: cannot read" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+@pytest.fixture
+def served(monkeypatch):
+    """Run ``serve`` up to the point it would start the reactor; capture what it would run."""
+    captured: dict = {}
+
+    def react(main, argv):
+        captured["config"], captured["tls"] = argv
+
+    monkeypatch.setattr("twisted.internet.task.react", react)
+    return captured
+
+
+def test_serve_flags_reach_the_config(run, tmp_path, served):
+    """The TLS, plaintext, sender and throttle flags become the ServeConfig the server runs."""
+    result = run(
+        "serve",
+        "--data",
+        str(tmp_path),
+        "--smtps-port",
+        "0",
+        "--pop3s-port",
+        "1995",
+        "--allow-plaintext-auth",
+        "--enforce-sender",
+        "--auth-failure-limit",
+        "5",
+        "--auth-failure-window",
+        "2m",
+        "--hostname",
+        "mail.example.org",
+    )
+    assert result.exit_code == 0, result.output
+    config = served["config"]
+    assert (config.listeners.smtps, config.listeners.pop3s) == (0, 1995)
+    assert config.allow_plaintext_auth is True
+    assert config.schemes.enforce_sender is True
+    assert config.throttle == ThrottleSettings(limit=5, window=timedelta(minutes=2))
+    assert config.tls == TLSConfig(None, None)
+
+
+def test_serve_defaults_are_safe(run, tmp_path, served):
+    """By default: TLS ports 2465/2995, no plaintext passwords off loopback, 10 failures in 10m."""
+    assert run("serve", "--data", str(tmp_path)).exit_code == 0
+    config = served["config"]
+    assert (config.listeners.smtps, config.listeners.pop3s) == (2465, 2995)
+    assert config.allow_plaintext_auth is False
+    assert config.schemes.enforce_sender is False
+    assert config.throttle == ThrottleSettings(limit=10, window=timedelta(minutes=10))
+
+
+def test_serve_makes_the_certificate_and_prints_its_fingerprint(run, tmp_path, served):
+    """Without --tls-cert a self-signed certificate is made in DIR/tls and its fingerprint shown."""
+    result = run("serve", "--data", str(tmp_path), "--hostname", "mail.example.org")
+    tls = served["tls"]
+    assert tls.cert_path == tmp_path / "tls" / "cert.pem"
+    assert f"SHA-256 fingerprint {tls.fingerprint_sha256}" in result.output
+
+
+def test_serve_uses_given_certificate_files(run, tmp_path, served):
+    """--tls-cert/--tls-key are loaded and handed to the server; nothing is generated."""
+    given = ensure_self_signed(tmp_path / "given", "mail.example.org", NOW)
+    data = tmp_path / "data"
+    result = run(
+        "serve",
+        "--data",
+        str(data),
+        "--tls-cert",
+        str(given.cert_path),
+        "--tls-key",
+        str(given.key_path),
+    )
+    assert result.exit_code == 0, result.output
+    assert served["tls"].certificate == given.certificate
+    assert served["config"].tls == TLSConfig(given.cert_path, given.key_path)
+    assert not (data / "tls").exists()

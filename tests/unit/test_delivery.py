@@ -114,7 +114,9 @@ def test_decide_reads_the_schemes_at_each_call(new_provider):
 def test_decide_emits_one_event_with_every_field(new_provider):
     """Every decision is logged with who asked, what was decided, why, and by which scheme."""
     provider = new_provider()
-    origin = delivery.Origin("127.0.0.3", Role.SUBMISSION, smtp_auth_account="bob@example.org")
+    origin = delivery.Origin(
+        "127.0.0.3", Role.SUBMISSION, smtp_auth_account="bob@example.org", tls=True
+    )
     delivery.decide(provider, origin, "bob@example.org", destination(provider, "<r@far.example>"))
     (event,) = provider.events.recent(events.SMTP_DECISION)
     assert {k: v for k, v in event.items() if k not in ("seq", "at", "reason")} == {
@@ -124,6 +126,7 @@ def test_decide_emits_one_event_with_every_field(new_provider):
         "sender": "bob@example.org",
         "recipient": "r@far.example",
         "smtp_auth_account": "bob@example.org",
+        "tls": True,
         "allowed": True,
         "code": 250,
         "enhanced": "2.1.5",
@@ -131,6 +134,15 @@ def test_decide_emits_one_event_with_every_field(new_provider):
         "authorised_account": "bob@example.org",
     }
     assert "SMTP-Auth" in event["reason"]
+
+
+def test_decide_binds_the_sender_to_the_smtp_auth_account(new_provider):
+    """With enforce_sender, MAIL as someone else's address is refused: the sender reaches policy."""
+    provider = new_provider(enforce_sender=True)
+    origin = delivery.Origin("127.0.0.3", Role.MX, smtp_auth_account="bob@example.org")
+    decision = delivery.decide(provider, origin, "alice@example.org", None)
+    assert (decision.allowed, decision.code, decision.enhanced) == (False, 553, "5.7.1")
+    assert delivery.decide(provider, origin, "Bob@example.org", None).allowed
 
 
 def test_decide_logs_a_mail_decision_without_recipient(new_provider):
@@ -170,6 +182,22 @@ def test_received_header_for_one_recipient():
         "\tby mail.example.org (mailhost) with ESMTPA id ABC123\n"
         "\tfor <bob@example.org>; Sun, 01 Sep 2013 23:59:00 +0000\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("extended", "tls", "authenticated", "keyword"),
+    [
+        (False, False, False, "SMTP"),
+        (False, True, False, "SMTP"),
+        (True, False, False, "ESMTP"),
+        (True, False, True, "ESMTPA"),
+        (True, True, False, "ESMTPS"),
+        (True, True, True, "ESMTPSA"),
+    ],
+)
+def test_received_protocol_follows_rfc_3848(extended, tls, authenticated, keyword):
+    """The with-keyword adds S for TLS and A for SMTP-Auth to ESMTP; HELO stays SMTP."""
+    assert delivery.received_protocol(extended, tls, authenticated) == keyword
 
 
 def test_received_header_for_several_recipients_has_no_for_clause():

@@ -396,3 +396,8 @@ def test_plaintext_auth_is_allowed_everywhere_when_the_operator_says_so():
 def test_plaintext_auth_from_a_garbage_peer_address_is_refused():
     """An address that cannot be parsed is not loopback."""
     assert not plaintext_auth_allowed("not-an-ip", tls=False)
+
+
+def test_enforce_sender_lets_an_authenticated_session_send_with_the_null_sender():
+    """<> (bounces, auto-replies) belongs to nobody, so sender binding does not refuse it."""
+    assert decide(_mail("", role=Role.SUBMISSION), ENFORCING, None, NOW).allowed

@@ -5,48 +5,134 @@ from __future__ import annotations
 import threading
 from datetime import timedelta
 
+from twisted.internet.error import CannotListenError
 from twisted.internet.testing import MemoryReactorClock
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.threadpool import ThreadPool
 
 from mailhost.blocking import thread_pool_runner
 from mailhost.config import Listeners, ServeConfig
+from mailhost.policy import Role, Schemes
 from mailhost.pop3 import POP3Factory
-from mailhost.service import PRUNE_INTERVAL, MailhostService, endpoint_description
+from mailhost.schedule import Schedule
+from mailhost.service import PRUNE_INTERVAL, ListenError, MailhostService, endpoint_description
 from mailhost.smtp import SMTPFactory
 from mailhost.testing import DEFAULT_START
+from mailhost.throttle import ThrottleSettings
+from mailhost.tls import fingerprint_sha256
+
+LISTENERS = Listeners(smtp=2525, submission=2587, pop3=2110, smtps=2465, pop3s=2995)
 
 
-def start(tmp_path, reactor):
-    config = ServeConfig(
-        data_dir=tmp_path, listeners=Listeners(2525, 2587, 2110), now=DEFAULT_START
-    )
+def start(tmp_path, reactor, **overrides):
+    config = ServeConfig(data_dir=tmp_path, listeners=LISTENERS, now=DEFAULT_START, **overrides)
     service = MailhostService(config, reactor)
     service.startService()
     return service
 
 
+def unwrapped(factory):
+    return factory.wrappedFactory if isinstance(factory, TLSMemoryBIOFactory) else factory
+
+
 def test_listeners_bind_the_configured_host_and_ports(tmp_path):
-    """SMTP, submission and POP3 listen on 127.0.0.1 at their ports; ready reports them."""
+    """All five listeners bind 127.0.0.1 at their ports; ready reports them by name."""
     reactor = MemoryReactorClock()
     service = start(tmp_path, reactor)
     ports: list[dict[str, int]] = []
     service.ready.addCallback(ports.append)
-    bound = {(port, interface): type(factory) for port, factory, _, interface in reactor.tcpServers}
+    bound = {
+        (port, interface): type(unwrapped(factory))
+        for port, factory, _, interface in reactor.tcpServers
+    }
     assert bound == {
         (2525, "127.0.0.1"): SMTPFactory,
         (2587, "127.0.0.1"): SMTPFactory,
         (2110, "127.0.0.1"): POP3Factory,
+        (2465, "127.0.0.1"): SMTPFactory,
+        (2995, "127.0.0.1"): POP3Factory,
     }
-    assert ports == [{"smtp": 2525, "submission": 2587, "pop3": 2110}]
+    assert ports == [{"smtp": 2525, "submission": 2587, "pop3": 2110, "smtps": 2465, "pop3s": 2995}]
     service.stopService()
 
 
-def test_both_smtp_listeners_and_pop3_share_one_provider(tmp_path):
-    """Every listener's factory holds the same provider, so a POP login is seen by SMTP."""
+def test_implicit_tls_listeners_wrap_their_factories_in_tls(tmp_path):
+    """smtps and pop3s are TLS from the first byte (RFC 8314); the plain three are not."""
     reactor = MemoryReactorClock()
     service = start(tmp_path, reactor)
-    providers = {id(factory.provider) for _, factory, _, _ in reactor.tcpServers}
+    by_port = {port: factory for port, factory, _, _ in reactor.tcpServers}
+    wrapped = {port for port, f in by_port.items() if isinstance(f, TLSMemoryBIOFactory)}
+    assert wrapped == {2465, 2995}
+    assert by_port[2465].wrappedFactory.role is Role.SUBMISSION
+    assert isinstance(by_port[2995].wrappedFactory, POP3Factory)
+    service.stopService()
+
+
+def test_every_listener_shares_one_provider(tmp_path):
+    """Every listener's factory (inside TLS or not) holds the same provider."""
+    reactor = MemoryReactorClock()
+    service = start(tmp_path, reactor)
+    providers = {id(unwrapped(factory).provider) for _, factory, _, _ in reactor.tcpServers}
     assert providers == {id(service.provider)}
+    service.stopService()
+
+
+def test_provider_gets_tls_plaintext_rule_and_throttle_from_config(tmp_path):
+    """STARTTLS/STLS use the same certificate; the plaintext rule and throttle follow config."""
+    reactor = MemoryReactorClock()
+    settings = ThrottleSettings(limit=3, window=timedelta(minutes=2))
+    service = start(tmp_path, reactor, allow_plaintext_auth=True, throttle=settings)
+    provider = service.provider
+    assert provider.tls_options is not None
+    assert provider.allow_plaintext_auth is True
+    assert provider.throttle.settings == settings
+    service.stopService()
+
+
+def test_enforce_sender_reaches_the_provider_schemes(tmp_path):
+    """Schemes.enforce_sender set in config is the one the provider decides with."""
+    reactor = MemoryReactorClock()
+    schemes = Schemes(Schedule.on(), Schedule.on(), timedelta(minutes=10), enforce_sender=True)
+    service = start(tmp_path, reactor, schemes=schemes)
+    assert service.provider.schemes.enforce_sender is True
+    service.stopService()
+
+
+def test_ready_report_names_the_certificate_and_its_fingerprint(tmp_path):
+    """The ready line says where the certificate is and its SHA-256 fingerprint."""
+    reactor = MemoryReactorClock()
+    service = start(tmp_path, reactor)
+    report = service.ready_report({"smtp": 2525})
+    assert report["tls"] == {
+        "cert": str((tmp_path / "tls" / "cert.pem").absolute()),
+        "fingerprint_sha256": fingerprint_sha256(service.tls.certificate),
+    }
+    service.stopService()
+
+
+class BusyPortReactor(MemoryReactorClock):
+    """A memory reactor on which one port is already taken."""
+
+    def __init__(self, busy: int) -> None:
+        super().__init__()
+        self.busy = busy
+
+    def listenTCP(self, port, factory, backlog=50, interface=""):
+        if port == self.busy:
+            raise CannotListenError(interface, port, OSError(98, "Address already in use"))
+        return super().listenTCP(port, factory, backlog, interface)
+
+
+def test_busy_tls_port_is_named_by_its_flag(tmp_path):
+    """A pop3s port in use fails ready with a ListenError naming --pop3s-port."""
+    reactor = BusyPortReactor(2995)
+    service = start(tmp_path, reactor)
+    failures: list = []
+    service.ready.addErrback(failures.append)
+    [failure] = failures
+    assert failure.check(ListenError)
+    assert "port 2995 (--pop3s-port)" in str(failure.value)
+    assert "Address already in use" in str(failure.value)
     service.stopService()
 
 
