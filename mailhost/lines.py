@@ -8,9 +8,11 @@ handler that returns a Deferred pauses line delivery (and the transport, so an
 eager client cannot grow the buffer) until it fires.
 
 Lines end with CRLF; a bare LF is accepted as a line end too, as most servers
-do. A line longer than ``max_line_length`` octets (terminator included) is
-reported once through :meth:`line_too_long` and its bytes are discarded up to
-the next line end, never buffered.
+do, except where a protocol sets ``bare_lf_ends_line`` False (SMTP message
+text, where ``<LF>.<LF>`` must not end the data: RFC 5321 §4.1.1.4). A line
+longer than ``max_line_length`` octets (terminator included) is reported once
+through :meth:`line_too_long` and its bytes are discarded up to the next line
+end, never buffered.
 
 STARTTLS and STLS switch the same connection to TLS. Bytes the client sent
 behind the command arrived in plaintext and must not be acted on as if they
@@ -31,6 +33,8 @@ from twisted.python import log
 
 class LineProtocol(protocol.Protocol, TimeoutMixin):
     max_line_length = 512
+    bare_lf_ends_line = True
+    """Accept a bare LF as a line end; False makes CRLF the only one (SMTP DATA)."""
 
     _buffer = b""
     _discarding = False
@@ -52,7 +56,10 @@ class LineProtocol(protocol.Protocol, TimeoutMixin):
         self._draining = True
         try:
             while not self._paused and not self._closed:
-                end = self._buffer.find(b"\n")
+                if self.bare_lf_ends_line:
+                    end, terminator = self._buffer.find(b"\n"), 1
+                else:
+                    end, terminator = self._buffer.find(b"\r\n"), 2
                 if end < 0:
                     if len(self._buffer) > self.max_line_length:
                         self._buffer = b""
@@ -60,14 +67,14 @@ class LineProtocol(protocol.Protocol, TimeoutMixin):
                             self._discarding = True
                             self.line_too_long()
                     break
-                line, self._buffer = self._buffer[:end], self._buffer[end + 1 :]
+                line, self._buffer = self._buffer[:end], self._buffer[end + terminator :]
                 if self._discarding:
                     self._discarding = False
                     continue
-                if len(line) + 1 > self.max_line_length:
+                if len(line) + terminator > self.max_line_length:
                     self.line_too_long()
                     continue
-                if line.endswith(b"\r"):
+                if terminator == 1 and line.endswith(b"\r"):
                     line = line[:-1]
                 result = self.line_received(line)
                 if isinstance(result, defer.Deferred):

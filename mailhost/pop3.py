@@ -28,7 +28,7 @@ it could no longer be used.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from twisted.cred import error as cred_error
@@ -80,24 +80,41 @@ class Maildrop:
     mailbox: PopMailbox
 
 
-def message_lines(data: bytes) -> list[bytes]:
-    """The lines of a stored message without their LF or CRLF ends.
+def wire_text(data: bytes) -> bytes:
+    """A stored message as RETR sends it (RFC 1939 §3): CRLF ends, leading dots doubled, ``.``.
 
-    An unterminated last line is still a line: POP3 ends it with CRLF.
+    Works on the whole byte string (a few copies of the message) rather than
+    a list of lines, which for a large message of short lines would cost
+    dozens of times its size. LF and CRLF ends both count; an unterminated
+    last line is ended.
     """
-    lines = data.split(b"\n")
-    if lines[-1] == b"":
-        lines.pop()
-    return [line[:-1] if line.endswith(b"\r") else line for line in lines]
+    text = data.replace(b"\r\n", b"\n")
+    if text.endswith(b"\r"):
+        text = text[:-1] + b"\n"
+    elif text and not text.endswith(b"\n"):
+        text += b"\n"
+    text = text.replace(b"\n", b"\r\n")
+    if text.startswith(b"."):
+        text = b"." + text
+    return text.replace(b"\r\n.", b"\r\n..") + b".\r\n"
 
 
-def top_lines(lines: Sequence[bytes], body_lines: int) -> list[bytes]:
+def top_text(data: bytes, body_lines: int) -> bytes:
     """RFC 1939 §7 TOP: the header, the blank line after it, then ``body_lines`` body lines."""
-    try:
-        end_of_header = lines.index(b"")
-    except ValueError:
-        return list(lines)
-    return list(lines[: end_of_header + 1 + body_lines])
+    text = data.replace(b"\r\n", b"\n")
+    if text.startswith(b"\n"):
+        end = 1
+    else:
+        blank = text.find(b"\n\n")
+        if blank < 0:
+            return text
+        end = blank + 2
+    for _ in range(body_lines):
+        line_end = text.find(b"\n", end)
+        if line_end < 0:
+            return text
+        end = line_end + 1
+    return text[:end]
 
 
 def multiline(lines: Iterable[bytes]) -> bytes:
@@ -435,19 +452,19 @@ class POP3Server(LineProtocol):
         numbers = self._numbers(argument, 1)
         if numbers is None:
             return None
-        return self._send_message(numbers[0], lambda lines: lines, b"+OK %d octets")
+        return self._send_message(numbers[0], lambda data: data, b"+OK %d octets")
 
     def do_TOP(self, argument: bytes) -> defer.Deferred | None:
         numbers = self._numbers(argument, 2)
         if numbers is None:
             return None
         number, body_lines = numbers
-        return self._send_message(number, lambda lines: top_lines(lines, body_lines), b"+OK")
+        return self._send_message(number, lambda data: top_text(data, body_lines), b"+OK")
 
     def _send_message(
         self,
         number: int,
-        cut: Callable[[list[bytes]], list[bytes]],
+        cut: Callable[[bytes], bytes],
         first: bytes,
     ) -> defer.Deferred | None:
         mailbox = self.mailbox
@@ -459,7 +476,7 @@ class POP3Server(LineProtocol):
             first = first % message.size
 
         def send(data: bytes) -> None:
-            self._write_multiline(first, cut(message_lines(data)))
+            self.transport.write(first + b"\r\n" + wire_text(cut(data)))
 
         def unreadable(reason: failure.Failure) -> None:
             log.err(reason, "POP3 message could not be read")

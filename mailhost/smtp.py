@@ -146,10 +146,12 @@ class MessageReader:
 
     Once the message is too big or has an over-long line it can never be
     stored, so what was collected is dropped and later lines are only counted.
+    Lines are CRLF-delimited (RFC 5321 §4.1.1.4): a bare LF inside one is
+    message text, stored as the line end it means, never an end of data.
     """
 
     max_size: int
-    lines: list[bytes] = field(default_factory=list)
+    body: bytearray = field(default_factory=bytearray)
     size: int = 0
     too_big: bool = False
     long_line: bool = False
@@ -160,19 +162,21 @@ class MessageReader:
         if text is None:
             return True
         self.size += len(text) + 2
-        if len(text) + 2 > MAX_TEXT_LINE:
+        longest = max(map(len, text.split(b"\n"))) if b"\n" in text else len(text)
+        if longest + 2 > MAX_TEXT_LINE:
             self.long_line = True
         if self.size > self.max_size:
             self.too_big = True
         if self.refused:
-            self.lines = []
+            self.body = bytearray()
         else:
-            self.lines.append(text)
+            self.body += text
+            self.body += b"\n"
         return False
 
     def line_too_long(self) -> None:
         self.long_line = True
-        self.lines = []
+        self.body = bytearray()
 
     @property
     def refused(self) -> bool:
@@ -180,7 +184,7 @@ class MessageReader:
 
     def content(self) -> bytes:
         """The message with LF line ends, as Maildir stores it."""
-        return b"".join(line + b"\n" for line in self.lines)
+        return bytes(self.body)
 
 
 def throttled_text(retry_after: timedelta) -> str:
@@ -453,6 +457,7 @@ class SMTPServer(LineProtocol):
             self.bad_command(501, "5.5.4", "Syntax: DATA (no arguments)")
             return
         self._message = MessageReader(self.provider.limits.max_message_size)
+        self.bare_lf_ends_line = False
         self.reply(354, None, "End data with <CR><LF>.<CR><LF>")
 
     def _data_line(self, line: bytes) -> defer.Deferred | None:
@@ -472,6 +477,7 @@ class SMTPServer(LineProtocol):
         what cannot be accepted (RFC 3463 "other or undefined media error").
         """
         message, self._message = self._message, None
+        self.bare_lf_ends_line = True
         assert message is not None
         sender, recipients = self.sender, tuple(self.recipients)
         assert sender is not None

@@ -9,6 +9,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
@@ -20,10 +22,10 @@ from mailhost.config import Limits
 from mailhost.maildir import deliver, pop3_size
 from mailhost.pop3 import (
     POP3Factory,
-    message_lines,
     multiline,
     parse_number,
-    top_lines,
+    top_text,
+    wire_text,
 )
 from mailhost.provider import Provider
 from mailhost.testing import QueuedRunBlocking, make_clock, make_provider
@@ -111,28 +113,50 @@ def plain(authzid: str, authcid: str, password: str) -> str:
 # Pure wire rules
 
 
+STORED_MESSAGES = st.binary(max_size=200) | st.lists(
+    st.sampled_from([b"a", b".", b"\r", b"\n"])
+).map(b"".join)
+
+
+def reference_lines(data: bytes) -> list[bytes]:
+    """The plain definition: split at LF, drop one CR before it, keep an unterminated last line."""
+    lines = data.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    return [line[:-1] if line.endswith(b"\r") else line for line in lines]
+
+
 @pytest.mark.parametrize(
-    ("data", "lines"),
+    ("data", "sent"),
     [
-        (b"a\nb\n", [b"a", b"b"]),
-        (b"a\r\nb\r\n", [b"a", b"b"]),
-        (b"a\nb", [b"a", b"b"]),
-        (b"", []),
-        (b"\n", [b""]),
-        (b"a\rb\n", [b"a\rb"]),
+        (b"a\nb\n", b"a\r\nb\r\n.\r\n"),
+        (b"a\r\nb\r\n", b"a\r\nb\r\n.\r\n"),
+        (b"a\nb", b"a\r\nb\r\n.\r\n"),
+        (b"", b".\r\n"),
+        (b"\n", b"\r\n.\r\n"),
+        (b"a\rb\n", b"a\rb\r\n.\r\n"),
+        (b".a\n..b\n.\n", b"..a\r\n...b\r\n..\r\n.\r\n"),
     ],
 )
-def test_message_lines_drop_lf_and_crlf_ends(data: bytes, lines: list[bytes]) -> None:
-    """Stored LF or CRLF ends both become line boundaries; a bare CR inside a line stays."""
-    assert message_lines(data) == lines
+def test_wire_text_ends_lines_with_crlf_stuffs_dots_and_terminates(data: bytes, sent: bytes):
+    """LF or CRLF become CRLF, a bare CR stays, leading dots are doubled, '.' ends it."""
+    assert wire_text(data) == sent
 
 
-@pytest.mark.parametrize(
-    "data", [b"", b"a\n", b"a\r\nb\n", b"a\nb", b"a\nb\r", b"\n\n.\n", b"x\r\r\n"]
+@given(
+    st.binary(max_size=200) | st.lists(st.sampled_from([b"a", b".", b"\r", b"\n"])).map(b"".join)
+)
+def test_wire_text_matches_the_line_by_line_definition(data: bytes) -> None:
+    """The whole-buffer encoder sends exactly what encoding line by line would."""
+    assert wire_text(data) == multiline(reference_lines(data))
+
+
+@given(
+    st.binary(max_size=200) | st.lists(st.sampled_from([b"a", b".", b"\r", b"\n"])).map(b"".join)
 )
 def test_listed_size_is_the_transmitted_size(data: bytes) -> None:
     """LIST's size equals the octets RETR sends before byte-stuffing and the final dot."""
-    assert pop3_size(data) == sum(len(line) + 2 for line in message_lines(data))
+    assert pop3_size(data) == sum(len(line) + 2 for line in reference_lines(data))
 
 
 def test_multiline_stuffs_leading_dots_and_terminates() -> None:
@@ -141,13 +165,24 @@ def test_multiline_stuffs_leading_dots_and_terminates() -> None:
     assert multiline([]) == b".\r\n"
 
 
-def test_top_lines_keep_header_blank_line_and_n_body_lines() -> None:
+def test_top_text_keeps_header_blank_line_and_n_body_lines() -> None:
     """TOP n sends the header, the separating blank line and the first n body lines."""
-    lines = [b"H: 1", b"H: 2", b"", b"b1", b"b2", b"b3"]
-    assert top_lines(lines, 0) == [b"H: 1", b"H: 2", b""]
-    assert top_lines(lines, 2) == [b"H: 1", b"H: 2", b"", b"b1", b"b2"]
-    assert top_lines(lines, 99) == lines
-    assert top_lines([b"H: 1"], 5) == [b"H: 1"]
+    message = b"H: 1\nH: 2\n\nb1\nb2\nb3\n"
+    assert top_text(message, 0) == b"H: 1\nH: 2\n\n"
+    assert top_text(message, 2) == b"H: 1\nH: 2\n\nb1\nb2\n"
+    assert top_text(message, 99) == message
+    assert top_text(b"H: 1\n", 5) == b"H: 1\n"
+    assert top_text(b"\nbody\n", 0) == b"\n"
+
+
+@given(st.lists(st.sampled_from([b"a", b"H: x", b"", b".", b"\r"])), st.integers(0, 5))
+def test_top_text_matches_the_line_by_line_definition(lines: list[bytes], n: int) -> None:
+    """TOP cut on bytes equals: the lines up to the first empty one, plus n more."""
+    data = b"".join(line + b"\n" for line in lines)
+    expected = reference_lines(data)
+    if b"" in expected:
+        expected = expected[: expected.index(b"") + 1 + n]
+    assert reference_lines(top_text(data, n)) == expected
 
 
 def test_parse_number_takes_plain_decimal_only() -> None:

@@ -172,10 +172,10 @@ def test_message_reader_never_buffers_past_the_limit():
     """Past the size limit the reader drops what it had and only counts further lines."""
     reader = MessageReader(max_size=10)
     assert not reader.feed(b"12345678")
-    assert reader.lines == [b"12345678"]
+    assert reader.content() == b"12345678\n"
     assert not reader.feed(b"more")
     assert reader.too_big
-    assert reader.lines == []
+    assert reader.content() == b""
     assert reader.feed(b".")
 
 
@@ -838,3 +838,30 @@ def test_peer_ip_comes_from_the_transport(provider):
     session("MAIL FROM:<a@b.example>")
     (event,) = provider.events.recent(events.SMTP_DECISION)
     assert event["ip"] == "127.0.0.9"
+
+
+def test_bare_lf_dot_lf_does_not_end_the_data(provider):
+    """<LF>.<LF> is message text, not the end of data (RFC 5321 §4.1.1.4): no smuggled mail."""
+    session = Session(provider)
+    session("EHLO client.example")
+    session.send("MAIL FROM:<bob@example.org>", "RCPT TO:<alice@example.org>", "DATA")
+    smuggled = (
+        b"Subject: first\r\n\r\nbody\n.\nMAIL FROM:<ceo@example.org>\r\n"
+        b"RCPT TO:<alice@example.org>\r\nDATA\r\nSubject: smuggled\r\n\r\nx\r\n.\r\n"
+    )
+    session.server.dataReceived(smuggled)
+    replies = session.replies()
+    assert [r[:3] for r in replies] == ["250"]
+    [stored] = mailbox(provider)
+    assert b"Subject: smuggled" in stored
+    assert stored.count(b"Subject:") == 2
+    assert session("NOOP").startswith("250")
+
+
+def test_commands_still_accept_a_bare_lf_after_data(provider):
+    """Outside DATA a bare LF still ends a command line, as most servers allow."""
+    session = Session(provider)
+    session("EHLO client.example")
+    transaction(session, "bob@example.org", "alice@example.org")
+    session.server.dataReceived(b"NOOP\n")
+    assert session.replies() == ["250 2.0.0 Ok"]
