@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -28,8 +28,10 @@ from mailhost.config import (
     Listeners,
     ServeConfig,
     TLSConfig,
+    is_loopback,
     parse_domain,
     parse_duration,
+    parse_host,
     parse_instant,
     parse_port,
     parse_positive,
@@ -41,7 +43,6 @@ from mailhost.tls import TLSError, TLSIdentity, server_identity
 
 DEMO_ACCOUNTS = {"alice@example.org": "alice-secret", "bob@example.org": "bob-secret"}
 DEMO_COST = 10
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def _parsed(parse: Callable[..., Any], *extra: Any) -> Callable[..., Any]:
@@ -73,7 +74,12 @@ def data_option(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
-def fail(message: str) -> None:
+def data_dir_problem(data_dir: Path, error: OSError) -> str:
+    where = error.filename or data_dir
+    return f"cannot use the data directory {data_dir} ({where}: {error.strerror or error})"
+
+
+def fail(message: str) -> NoReturn:
     click.echo(f"mailhost: error: {message}", err=True)
     sys.exit(2)
 
@@ -105,7 +111,13 @@ def _account_file(data_dir: Path) -> AccountFile:
 @user.command("add")
 @click.argument("address")
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
-@click.option("--cost", default=DEFAULT_COST, show_default=True, help="bcrypt cost factor.")
+@click.option(
+    "--cost",
+    type=click.IntRange(4, 31),
+    default=DEFAULT_COST,
+    show_default=True,
+    help="bcrypt cost factor (4-31).",
+)
 @data_option
 def user_add(address: str, password_stdin: bool, cost: int, data_dir: Path) -> None:
     """Create the account ADDRESS."""
@@ -113,13 +125,21 @@ def user_add(address: str, password_stdin: bool, cost: int, data_dir: Path) -> N
         name = _account_file(data_dir).add(address, _read_password(password_stdin), cost)
     except AccountError as e:
         fail(str(e))
+    except OSError as e:
+        fail(data_dir_problem(data_dir, e))
     click.echo(f"added {name}")
 
 
 @user.command("passwd")
 @click.argument("address")
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
-@click.option("--cost", default=DEFAULT_COST, show_default=True, help="bcrypt cost factor.")
+@click.option(
+    "--cost",
+    type=click.IntRange(4, 31),
+    default=DEFAULT_COST,
+    show_default=True,
+    help="bcrypt cost factor (4-31).",
+)
 @data_option
 def user_passwd(address: str, password_stdin: bool, cost: int, data_dir: Path) -> None:
     """Set a new password for ADDRESS."""
@@ -127,6 +147,8 @@ def user_passwd(address: str, password_stdin: bool, cost: int, data_dir: Path) -
         name = _account_file(data_dir).set_password(address, _read_password(password_stdin), cost)
     except AccountError as e:
         fail(str(e))
+    except OSError as e:
+        fail(data_dir_problem(data_dir, e))
     click.echo(f"password changed for {name}")
 
 
@@ -139,6 +161,8 @@ def user_del(address: str, data_dir: Path) -> None:
         name = _account_file(data_dir).remove(address)
     except AccountError as e:
         fail(str(e))
+    except OSError as e:
+        fail(data_dir_problem(data_dir, e))
     click.echo(f"deleted {name}")
 
 
@@ -146,7 +170,11 @@ def user_del(address: str, data_dir: Path) -> None:
 @data_option
 def user_list(data_dir: Path) -> None:
     """List the accounts, one per line."""
-    for name in sorted(_account_file(data_dir).read()):
+    try:
+        names = sorted(_account_file(data_dir).read())
+    except OSError as e:
+        fail(data_dir_problem(data_dir, e))
+    for name in names:
         click.echo(name)
 
 
@@ -165,7 +193,13 @@ def ensure_demo_accounts(data: DataDir) -> dict[str, str]:
 
 @main.command()
 @data_option
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    callback=_parsed(parse_host),
+    help="IP address to listen on.",
+)
 @click.option(
     "--smtp-port",
     default="2525",
@@ -318,17 +352,20 @@ def serve(
         allow_plaintext_auth=allow_plaintext_auth,
         throttle=ThrottleSettings(limit=auth_failure_limit, window=auth_failure_window),
     )
-    if demo_accounts:
-        if host not in LOOPBACK_HOSTS and not host.startswith("127."):
-            fail("--demo-accounts has well-known passwords; use it only with a loopback --host")
-        for address, password in ensure_demo_accounts(DataDir(data_dir)).items():
-            click.echo(f"demo account {address} password {password}", err=True)
+    if demo_accounts and not is_loopback(host):
+        fail("--demo-accounts has well-known passwords; use it only with a loopback --host")
     try:
+        DataDir(data_dir).root.mkdir(parents=True, exist_ok=True)
+        if demo_accounts:
+            for address, password in ensure_demo_accounts(DataDir(data_dir)).items():
+                click.echo(f"demo account {address} password {password}", err=True)
         tls = server_identity(
             tls_cert, tls_key, DataDir(data_dir).tls, config.hostname, datetime.now(UTC)
         )
     except TLSError as e:
         fail(str(e))
+    except OSError as e:
+        fail(data_dir_problem(data_dir, e))
     origin = "given" if tls_cert else "self-signed, made by mailhost"
     click.echo(
         f"TLS certificate {tls.cert_path} ({origin}) SHA-256 fingerprint {tls.fingerprint_sha256}",

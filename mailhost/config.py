@@ -6,6 +6,7 @@ the accepted forms, so the CLI can print it and exit 2 without a traceback.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -83,6 +84,27 @@ def parse_port(value: object, flag: str) -> int:
     if port > 65535:
         raise ConfigError(flag, value, PORT_FORMS)
     return port
+
+
+HOST_FORMS = "an IP address such as 127.0.0.1, ::1 or 0.0.0.0 (or localhost)"
+
+
+def parse_host(text: str, flag: str = "--host") -> str:
+    """A listen address: an IP literal, or ``localhost``."""
+    value = text.strip()
+    if value.lower() == "localhost":
+        return "127.0.0.1"
+    try:
+        return ipaddress.ip_address(value.strip("[]")).compressed
+    except ValueError:
+        raise ConfigError(flag, text, HOST_FORMS) from None
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def parse_domain(text: str, flag: str = "--domain") -> str:

@@ -7,8 +7,9 @@ Received header that shows which scheme let a message in, and stores it:
 one copy per local mailbox, and one copy of the whole message in the outbox
 for the remote recipients (their addresses in ``X-Envelope-To:`` lines).
 
-Stored messages use LF line ends (the Maildir convention) and start with
-``Return-Path:`` (RFC 5321 §4.4), local copies also with ``Delivered-To:``.
+Stored messages use LF line ends (the Maildir convention); local copies
+start with ``Return-Path:`` (RFC 5321 §4.4) and ``Delivered-To:``, the outbox
+copy with its envelope in ``X-Envelope-From:``/``X-Envelope-To:``.
 Nothing here speaks SMTP; nothing here blocks the reactor (the Maildir writes
 go through ``provider.run_blocking``).
 """
@@ -182,18 +183,22 @@ def received_header(
 def copy_headers(data: DataDir, envelope: Envelope, received: str) -> list[tuple[Path, bytes]]:
     """Where each copy goes and the header lines it starts with.
 
-    One copy per distinct local mailbox; one outbox copy for all remote
-    recipients together.
+    One copy per distinct local mailbox, with ``Return-Path`` as final
+    delivery adds it (RFC 5321 §4.4); one outbox copy for all remote
+    recipients together. The outbox is a queue, not a final delivery, so its
+    envelope goes in ``X-Envelope-From``/``X-Envelope-To`` lines instead —
+    lines that anything sending the outbox on must strip, since they list
+    every recipient, Bcc included.
     """
-    return_path = f"Return-Path: <{envelope.sender}>\n"
     copies: list[tuple[Path, bytes]] = []
     mailboxes = dict.fromkeys(d.mailbox for d in envelope.recipients if d.mailbox is not None)
     for mailbox in mailboxes:
-        head = return_path + f"Delivered-To: {mailbox}\n" + received
+        head = f"Return-Path: <{envelope.sender}>\nDelivered-To: {mailbox}\n" + received
         copies.append((data.mailbox(mailbox), head.encode("ascii")))
     remote = dict.fromkeys(d.address for d in envelope.recipients if d.mailbox is None)
     if remote:
-        head = return_path + "".join(f"X-Envelope-To: {a}\n" for a in remote) + received
+        envelope_to = "".join(f"X-Envelope-To: {a}\n" for a in remote)
+        head = f"X-Envelope-From: <{envelope.sender}>\n" + envelope_to + received
         copies.append((data.outbox, head.encode("ascii")))
     return copies
 

@@ -114,7 +114,9 @@ def parse_path_argument(argument: str, keyword: str) -> PathArgument:
     return PathArgument(path, parameters)
 
 
-def check_mail_parameters(parameters: dict[str, str | None], max_size: int) -> None:
+def check_mail_parameters(
+    parameters: dict[str, str | None], max_size: int, auth_offered: bool = True
+) -> None:
     """SIZE (RFC 1870), BODY (RFC 6152) and AUTH (RFC 4954 §5, accepted and ignored)."""
     for key, value in parameters.items():
         if key == "SIZE":
@@ -127,7 +129,7 @@ def check_mail_parameters(parameters: dict[str, str | None], max_size: int) -> N
         elif key == "BODY":
             if value is None or value.upper() not in BODY_TYPES:
                 raise Refusal(555, "5.5.4", "BODY must be 7BIT or 8BITMIME")
-        elif key != "AUTH":
+        elif key != "AUTH" or not auth_offered:
             raise Refusal(555, "5.5.4", f"MAIL parameter {key} is not supported")
 
 
@@ -398,7 +400,9 @@ class SMTPServer(LineProtocol):
         try:
             if parsed.parameters and not self.extended:
                 raise Refusal(555, "5.5.4", "MAIL parameters need EHLO")
-            check_mail_parameters(parsed.parameters, self.provider.limits.max_message_size)
+            check_mail_parameters(
+                parsed.parameters, self.provider.limits.max_message_size, self.auth_offered()
+            )
         except Refusal as refusal:
             self.refuse(refusal)
             return
@@ -681,7 +685,7 @@ class SMTPServer(LineProtocol):
         if not argument.strip():
             self.bad_command(501, "5.5.4", "Syntax: VRFY address")
             return
-        self.reply(252, "2.5.2", "Cannot VRFY user, but will accept message and attempt delivery")
+        self.reply(252, "2.0.0", "Cannot VRFY user, but will accept message and attempt delivery")
 
     def do_EXPN(self, argument: str) -> None:
         self.reply(502, "5.5.1", "EXPN is not supported")

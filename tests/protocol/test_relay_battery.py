@@ -194,7 +194,7 @@ def test_remote_recipients_relay_with_a_live_authorisation(new_provider, role, a
     if case.authorised == RELAYS:
         assert reply == "250 2.1.5 Ok"
         (message,) = outbox
-        assert message.startswith(b"Return-Path: ")
+        assert message.startswith(b"X-Envelope-From: ")
         assert b"\nX-Envelope-To: " in message
     elif case.authorised == LOCAL_DELIVERY:
         assert reply == "250 2.1.5 Ok"

@@ -336,3 +336,62 @@ def test_serve_uses_given_certificate_files(run, tmp_path, served):
     assert served["tls"].certificate == given.certificate
     assert served["config"].tls == TLSConfig(given.cert_path, given.key_path)
     assert not (data / "tls").exists()
+
+
+def test_unusable_data_directory_is_reported_without_traceback(run, tmp_path):
+    """A data directory that cannot be created gets a message and exit 2, not a traceback."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    result = run(
+        "user",
+        "add",
+        "a@example.org",
+        "--password-stdin",
+        "--cost",
+        "4",
+        "--data",
+        str(blocker / "data"),
+        input="pw",
+    )
+    assert result.exit_code == 2
+    assert "cannot use the data directory" in result.output
+    listing = run("user", "list", "--data", str(blocker / "data"))
+    assert listing.exit_code == 2
+
+
+def test_serve_with_unusable_data_directory_exits_2(tmp_path):
+    """serve checks its data directory before starting and reports a problem plainly."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    result = CliRunner().invoke(main, ["serve", "--data", str(blocker / "data")])
+    assert result.exit_code == 2
+    assert "cannot use the data directory" in result.output
+
+
+@pytest.mark.parametrize("cost", ["3", "32"])
+def test_cost_outside_bcrypt_range_is_refused(run, tmp_path, cost):
+    """--cost takes bcrypt's range 4-31; other values exit 2 before anything is written."""
+    result = CliRunner().invoke(
+        main,
+        [
+            "user",
+            "add",
+            "a@example.org",
+            "--password-stdin",
+            "--cost",
+            cost,
+            "--data",
+            str(tmp_path),
+        ],
+        input="pw",
+    )
+    assert result.exit_code == 2
+    assert "--cost" in result.output
+    assert not (tmp_path / "users").exists()
+
+
+def test_serve_rejects_a_host_that_is_not_an_address(tmp_path):
+    """--host must be an IP address (or localhost); anything else names --host."""
+    result = CliRunner().invoke(main, ["serve", "--data", str(tmp_path), "--host", "nonsense"])
+    assert result.exit_code == 2
+    assert "--host" in result.output

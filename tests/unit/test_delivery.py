@@ -241,7 +241,7 @@ def test_remote_recipients_share_one_outbox_copy(new_provider):
     assert copies == [
         (
             provider.data.outbox,
-            b"Return-Path: <>\nX-Envelope-To: r1@far.example\n"
+            b"X-Envelope-From: <>\nX-Envelope-To: r1@far.example\n"
             b"X-Envelope-To: r2@far.example\nReceived: r\n",
         )
     ]
