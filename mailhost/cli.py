@@ -37,6 +37,7 @@ from mailhost.config import (
     parse_positive,
     parse_state,
 )
+from mailhost.connections import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP
 from mailhost.policy import Schemes
 from mailhost.throttle import DEFAULT_LIMIT, ThrottleSettings
 from mailhost.tls import TLSError, TLSIdentity, server_identity
@@ -299,6 +300,20 @@ def ensure_demo_accounts(data: DataDir) -> dict[str, str]:
     callback=_parsed(parse_positive, "a number of bytes greater than zero"),
     help="Largest message accepted (advertised as SIZE).",
 )
+@click.option(
+    "--max-connections",
+    default=str(DEFAULT_MAX_CONNECTIONS),
+    show_default=True,
+    callback=_parsed(parse_positive, "a number of connections greater than zero"),
+    help="Connections over all listeners; more are refused at the greeting.",
+)
+@click.option(
+    "--max-connections-per-ip",
+    default=str(DEFAULT_MAX_CONNECTIONS_PER_IP),
+    show_default=True,
+    callback=_parsed(parse_positive, "a number of connections greater than zero"),
+    help="Connections from one client address over all listeners.",
+)
 @click.option("--hostname", default=None, help="Name in greetings and Received headers.")
 @click.option(
     "--demo-accounts",
@@ -325,6 +340,8 @@ def serve(
     pop_window: Any,
     now: Any,
     max_message_size: int,
+    max_connections: int,
+    max_connections_per_ip: int,
     hostname: str | None,
     demo_accounts: bool,
 ) -> None:
@@ -346,7 +363,11 @@ def serve(
         domains=domains,
         schemes=Schemes(smtp_auth, smtp_after_pop, pop_window, enforce_sender=enforce_sender),
         now=now,
-        limits=Limits(max_message_size=max_message_size),
+        limits=Limits(
+            max_message_size=max_message_size,
+            max_connections=max_connections,
+            max_connections_per_ip=max_connections_per_ip,
+        ),
         hostname=hostname or socket.gethostname() or "localhost",
         tls=tls_config,
         allow_plaintext_auth=allow_plaintext_auth,

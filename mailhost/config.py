@@ -13,6 +13,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
 from mailhost.addresses import AddressError, check_domain
+from mailhost.connections import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP
 from mailhost.policy import Schemes
 from mailhost.schedule import Schedule
 from mailhost.throttle import ThrottleSettings
@@ -167,6 +168,12 @@ class Limits:
     """RFC 4954 §4: failures tolerated on one SMTP session before it is closed."""
     max_bad_commands: int = 20
     """Unknown or malformed commands on one session before 421 / -ERR and close."""
+    max_data_seconds: float = 600.0
+    """Total time one DATA phase may take; a slow sender past it gets 421 4.4.2."""
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    """Connections over all listeners; the next is refused at the greeting."""
+    max_connections_per_ip: int = DEFAULT_MAX_CONNECTIONS_PER_IP
+    """Connections from one client address over all listeners."""
 
 
 @dataclass(frozen=True)

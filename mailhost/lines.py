@@ -30,6 +30,8 @@ from twisted.internet.interfaces import ISSLTransport, ITLSTransport
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python import log
 
+from mailhost.connections import ConnectionLimiter, Refusal
+
 
 class LineProtocol(protocol.Protocol, TimeoutMixin):
     max_line_length = 512
@@ -42,6 +44,7 @@ class LineProtocol(protocol.Protocol, TimeoutMixin):
     _draining = False
     _closed = False
     _transport_paused = False
+    _admission: tuple[ConnectionLimiter, str] | None = None
 
     def dataReceived(self, data: bytes) -> None:
         if self._closed:
@@ -142,9 +145,26 @@ class LineProtocol(protocol.Protocol, TimeoutMixin):
         self._resume_transport()
         self.transport.loseConnection()
 
+    def connectionMade(self) -> None:
+        """Switch Nagle off: small multi-line replies would otherwise wait on delayed ACKs."""
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
+
+    def admit(self, limiter: ConnectionLimiter, ip: str) -> Refusal | None:
+        """Take a place in ``limiter`` for this connection, released when it is lost."""
+        refusal = limiter.admit(ip)
+        if refusal is None:
+            self._admission = (limiter, ip)
+        return refusal
+
     def connectionLost(self, reason: object = protocol.connectionDone) -> None:
         self._closed = True
         self.setTimeout(None)
+        if self._admission is not None:
+            limiter, ip = self._admission
+            self._admission = None
+            limiter.release(ip)
 
     def line_received(self, line: bytes) -> defer.Deferred | None:
         raise NotImplementedError

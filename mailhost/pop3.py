@@ -198,10 +198,13 @@ class POP3Server(LineProtocol):
         return self.maildrop.mailbox
 
     def connectionMade(self) -> None:
+        super().connectionMade()
         self._connected = True
-        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
-        if set_no_delay is not None:
-            set_no_delay(True)
+        refusal = self.admit(self.provider.connections, self._peer_ip())
+        if refusal is not None:
+            self.write_line(b"-ERR [SYS/TEMP] %s; try again later" % refusal.value.encode())
+            self.close()
+            return
         self.setTimeout(self.provider.limits.pop3_idle_timeout)
         self.write_line(GREETING)
 

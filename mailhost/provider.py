@@ -18,6 +18,7 @@ from mailhost.accounts import Accounts, BcryptChecker
 from mailhost.blocking import RunBlocking
 from mailhost.clock import ServerClock
 from mailhost.config import DataDir, Limits
+from mailhost.connections import ConnectionLimiter
 from mailhost.events import EventLog
 from mailhost.policy import Schemes
 from mailhost.pop_logins import PopLoginTable
@@ -41,6 +42,14 @@ class Provider:
     allow_plaintext_auth: bool = False
     """Accept passwords without TLS from non-loopback peers too."""
     throttle: AuthThrottle = field(default_factory=AuthThrottle)
+    connections: ConnectionLimiter | None = None
+    """Shared by every listener; made from ``limits`` when not given."""
+
+    def __post_init__(self) -> None:
+        if self.connections is None:
+            self.connections = ConnectionLimiter(
+                self.limits.max_connections, self.limits.max_connections_per_ip
+            )
 
     def now(self) -> datetime:
         return self.clock.now()

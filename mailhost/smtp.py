@@ -38,6 +38,7 @@ from datetime import timedelta
 from twisted.cred import error as cred_error
 from twisted.cred.credentials import UsernamePassword
 from twisted.internet import defer, protocol
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -219,6 +220,7 @@ class SMTPServer(LineProtocol):
         self.bad_commands = 0
         self._sasl: Callable[[str], defer.Deferred | None] | None = None
         self._message: MessageReader | None = None
+        self._data_timer: IDelayedCall | None = None
         self._reset_transaction()
         self._commands: dict[str, Callable[[str], defer.Deferred | None]] = {
             "HELO": self.do_HELO,
@@ -285,7 +287,13 @@ class SMTPServer(LineProtocol):
             self.reply(code, enhanced, text)
 
     def connectionMade(self) -> None:
+        super().connectionMade()
         self.peer_ip = self.transport.getPeer().host
+        refusal = self.admit(self.provider.connections, self.peer_ip)
+        if refusal is not None:
+            self.reply(421, "4.7.0", f"{self.hostname} {refusal.value}; try again later")
+            self.close()
+            return
         self.setTimeout(self.provider.limits.smtp_idle_timeout)
         self.reply(220, None, f"{self.hostname} ESMTP mailhost")
 
@@ -462,7 +470,28 @@ class SMTPServer(LineProtocol):
             return
         self._message = MessageReader(self.provider.limits.max_message_size)
         self.bare_lf_ends_line = False
+        self._data_timer = self.callLater(
+            self.provider.limits.max_data_seconds, self._data_too_slow
+        )
         self.reply(354, None, "End data with <CR><LF>.<CR><LF>")
+
+    def _data_too_slow(self) -> None:
+        """A sender trickling its message (slowloris) loses the connection, and the message."""
+        self._data_timer = None
+        self._message = None
+        limit = int(self.provider.limits.max_data_seconds)
+        self.reply(421, "4.4.2", f"{self.hostname} Error: DATA took longer than {limit} s, closing")
+        self.close()
+
+    def _cancel_data_timer(self) -> None:
+        if self._data_timer is not None:
+            if self._data_timer.active():
+                self._data_timer.cancel()
+            self._data_timer = None
+
+    def connectionLost(self, reason: object = protocol.connectionDone) -> None:
+        super().connectionLost(reason)
+        self._cancel_data_timer()
 
     def _data_line(self, line: bytes) -> defer.Deferred | None:
         assert self._message is not None
@@ -482,6 +511,7 @@ class SMTPServer(LineProtocol):
         """
         message, self._message = self._message, None
         self.bare_lf_ends_line = True
+        self._cancel_data_timer()
         assert message is not None
         sender, recipients = self.sender, tuple(self.recipients)
         assert sender is not None

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from mailhost.config import Limits
 from mailhost.schedule import Schedule
 
 ALICE_AT_CAFE = "127.0.0.2"
@@ -170,3 +171,14 @@ def test_logins_and_decisions_are_logged_as_json_lines(start_server):
     ]
     assert "relaying denied" in relays[1]["reason"]
     assert any(e["kind"] == "message-stored" for e in events)
+
+
+def test_connection_limit_per_address_over_real_sockets(start_server):
+    """With one connection allowed per address, a second from it gets 421 4.7.0 at once."""
+    server = start_server(limits=Limits(max_connections_per_ip=1))
+    with server.smtp(ALICE_AT_CAFE):
+        with pytest.raises(smtplib.SMTPConnectError) as refused:
+            smtplib.SMTP("127.0.0.1", server.ports["smtp"], source_address=(ALICE_AT_CAFE, 0))
+        assert refused.value.smtp_code == 421
+        with server.smtp(BOB_AT_HOME) as other:
+            assert other.noop()[0] == 250

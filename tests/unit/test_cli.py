@@ -210,6 +210,8 @@ def test_data_dir_comes_from_environment(run, tmp_path):
         ("--smtp-port", "70000", "0 to 65535"),
         ("--domain", "bad_domain!", "domain name"),
         ("--max-message-size", "0", "greater than zero"),
+        ("--max-connections", "none", "greater than zero"),
+        ("--max-connections-per-ip", "-1", "greater than zero"),
         ("--smtps-port", "70000", "0 to 65535"),
         ("--pop3s-port", "pop", "0 to 65535"),
         ("--auth-failure-limit", "0", "greater than zero"),
