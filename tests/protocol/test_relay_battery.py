@@ -1,7 +1,8 @@
 """The open-relay battery: nmap's smtp-open-relay variants and mailhost's extras.
 
 Each case is one SMTP session (EHLO, MAIL, RCPT and, when the RCPT is
-accepted, DATA). Without a live authorisation no case may put a message in
+accepted, DATA), on each listener: the MX port, the submission port and the
+implicit-TLS submission port. Without a live authorisation no case may put a message in
 the outbox: the RCPT must be refused, or the message must land in a local
 Maildir. With one, the remote cases must relay, so the battery can fail.
 """
@@ -17,7 +18,7 @@ from twisted.internet.testing import StringTransport
 from mailhost.policy import Role
 from mailhost.schedule import Schedule
 from mailhost.smtp import SMTPFactory
-from mailhost.testing import DEMO_ACCOUNTS, make_clock, make_provider
+from mailhost.testing import DEMO_ACCOUNTS, ImplicitTLSTransport, make_clock, make_provider
 
 CLIENT_IP = "127.0.0.2"
 SERVER_IP = "127.0.0.1"
@@ -112,13 +113,28 @@ def new_provider(tmp_path):
     return build
 
 
+@dataclass(frozen=True)
+class Listener:
+    name: str
+    role: Role
+    implicit_tls: bool = False
+
+
+LISTENERS = [
+    Listener("smtp", Role.MX),
+    Listener("submission", Role.SUBMISSION),
+    Listener("smtps", Role.SUBMISSION, implicit_tls=True),
+]
+
+
 class Session:
-    def __init__(self, provider, role):
-        self.transport = StringTransport(
+    def __init__(self, provider, listener):
+        transport_type = ImplicitTLSTransport if listener.implicit_tls else StringTransport
+        self.transport = transport_type(
             hostAddress=IPv4Address("TCP", SERVER_IP, 2525),
             peerAddress=IPv4Address("TCP", CLIENT_IP, 40000),
         )
-        self.server = SMTPFactory(provider, role).buildProtocol(None)
+        self.server = SMTPFactory(provider, listener.role).buildProtocol(None)
         self.server.makeConnection(self.transport)
 
     def __call__(self, line):
@@ -127,9 +143,9 @@ class Session:
         return self.transport.value().decode("ascii").splitlines()[-1]
 
 
-def attempt(provider, role, case, auth=None):
+def attempt(provider, listener, case, auth=None):
     """One session for ``case``; returns the RCPT reply (after DATA if it was accepted)."""
-    session = Session(provider, role)
+    session = Session(provider, listener)
     session("EHLO relay.test")
     if auth is not None:
         assert session(f"AUTH PLAIN {auth}").startswith("235")
@@ -155,15 +171,15 @@ def outbox_messages(provider):
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 @pytest.mark.parametrize("condition", UNAUTHORISED, ids=lambda f: f.__name__)
-@pytest.mark.parametrize("role", list(Role), ids=lambda r: r.value)
-def test_nothing_relays_without_a_live_authorisation(new_provider, role, condition, case):
+@pytest.mark.parametrize("listener", LISTENERS, ids=lambda listener: listener.name)
+def test_nothing_relays_without_a_live_authorisation(new_provider, listener, condition, case):
     """Unauthorised: every recipient is refused or lands in a local Maildir, never the outbox."""
     provider, clock = new_provider()
     condition(provider, clock)
-    reply = attempt(provider, role, case)
+    reply = attempt(provider, listener, case)
     assert outbox_messages(provider) == []
     if reply.startswith("2"):
-        assert role is Role.MX
+        assert listener.role is Role.MX
         assert set(local_deliveries(provider)) <= LOCAL_MAILBOXES
         assert sum(local_deliveries(provider).values()) == 1
 
@@ -184,12 +200,14 @@ def smtp_auth(provider, clock):
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 @pytest.mark.parametrize("authorisation", [live_grant, smtp_auth], ids=lambda f: f.__name__)
-@pytest.mark.parametrize("role", list(Role), ids=lambda r: r.value)
-def test_remote_recipients_relay_with_a_live_authorisation(new_provider, role, authorisation, case):
+@pytest.mark.parametrize("listener", LISTENERS, ids=lambda listener: listener.name)
+def test_remote_recipients_relay_with_a_live_authorisation(
+    new_provider, listener, authorisation, case
+):
     """With a live grant or SMTP-Auth the remote cases reach the outbox; the others do not."""
     provider, clock = new_provider()
     auth = authorisation(provider, clock)
-    reply = attempt(provider, role, case, auth)
+    reply = attempt(provider, listener, case, auth)
     outbox = outbox_messages(provider)
     if case.authorised == RELAYS:
         assert reply == "250 2.1.5 Ok"
