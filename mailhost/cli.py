@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -105,51 +105,51 @@ def _read_password(password_stdin: bool) -> str:
     return click.prompt("Password", hide_input=True, confirmation_prompt=True)
 
 
-def _account_file(data_dir: Path) -> AccountFile:
-    return AccountFile(DataDir(data_dir).users)
+T = TypeVar("T")
 
 
-@user.command("add")
-@click.argument("address")
-@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
-@click.option(
-    "--cost",
-    type=click.IntRange(4, 31),
-    default=DEFAULT_COST,
-    show_default=True,
-    help="bcrypt cost factor (4-31).",
-)
-@data_option
-def user_add(address: str, password_stdin: bool, cost: int, data_dir: Path) -> None:
-    """Create the account ADDRESS."""
+def _on_accounts(data_dir: Path, action: Callable[[AccountFile], T]) -> T:
+    """Run one action on DIR/users; known failures become a message and exit 2."""
     try:
-        name = _account_file(data_dir).add(address, _read_password(password_stdin), cost)
+        return action(AccountFile(DataDir(data_dir).users))
     except AccountError as e:
         fail(str(e))
     except OSError as e:
         fail(data_dir_problem(data_dir, e))
+
+
+def password_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option(
+        "--cost",
+        type=click.IntRange(4, 31),
+        default=DEFAULT_COST,
+        show_default=True,
+        help="bcrypt cost factor (4-31).",
+    )(f)
+    return click.option(
+        "--password-stdin", is_flag=True, help="Read the password from standard input."
+    )(f)
+
+
+@user.command("add")
+@click.argument("address")
+@password_options
+@data_option
+def user_add(address: str, password_stdin: bool, cost: int, data_dir: Path) -> None:
+    """Create the account ADDRESS."""
+    password = _read_password(password_stdin)
+    name = _on_accounts(data_dir, lambda accounts: accounts.add(address, password, cost))
     click.echo(f"added {name}")
 
 
 @user.command("passwd")
 @click.argument("address")
-@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
-@click.option(
-    "--cost",
-    type=click.IntRange(4, 31),
-    default=DEFAULT_COST,
-    show_default=True,
-    help="bcrypt cost factor (4-31).",
-)
+@password_options
 @data_option
 def user_passwd(address: str, password_stdin: bool, cost: int, data_dir: Path) -> None:
     """Set a new password for ADDRESS."""
-    try:
-        name = _account_file(data_dir).set_password(address, _read_password(password_stdin), cost)
-    except AccountError as e:
-        fail(str(e))
-    except OSError as e:
-        fail(data_dir_problem(data_dir, e))
+    password = _read_password(password_stdin)
+    name = _on_accounts(data_dir, lambda accounts: accounts.set_password(address, password, cost))
     click.echo(f"password changed for {name}")
 
 
@@ -158,12 +158,7 @@ def user_passwd(address: str, password_stdin: bool, cost: int, data_dir: Path) -
 @data_option
 def user_del(address: str, data_dir: Path) -> None:
     """Delete the account ADDRESS (its Maildir is kept)."""
-    try:
-        name = _account_file(data_dir).remove(address)
-    except AccountError as e:
-        fail(str(e))
-    except OSError as e:
-        fail(data_dir_problem(data_dir, e))
+    name = _on_accounts(data_dir, lambda accounts: accounts.remove(address))
     click.echo(f"deleted {name}")
 
 
@@ -171,11 +166,7 @@ def user_del(address: str, data_dir: Path) -> None:
 @data_option
 def user_list(data_dir: Path) -> None:
     """List the accounts, one per line."""
-    try:
-        names = sorted(_account_file(data_dir).read())
-    except OSError as e:
-        fail(data_dir_problem(data_dir, e))
-    for name in names:
+    for name in _on_accounts(data_dir, lambda accounts: sorted(accounts.read())):
         click.echo(name)
 
 
