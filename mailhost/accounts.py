@@ -196,6 +196,22 @@ def _account(address: str) -> str:
         raise AccountError(f"{address!r} is not an address: {e}") from None
 
 
+DEMO_ACCOUNTS = {"alice@example.org": "alice-secret", "bob@example.org": "bob-secret"}
+DEMO_COST = 10
+
+
+def ensure_demo_accounts(account_file: AccountFile) -> dict[str, str]:
+    """Create (or reset) the demo accounts with their well-known passwords."""
+    existing = account_file.read()
+    for address, password in DEMO_ACCOUNTS.items():
+        stored = existing.get(address)
+        if stored is None:
+            account_file.add(address, password, DEMO_COST)
+        elif not verify_password(password.encode(), stored):
+            account_file.set_password(address, password, DEMO_COST)
+    return dict(DEMO_ACCOUNTS)
+
+
 class Accounts:
     """The server's live view of ``DIR/users``, re-read whenever the file changes."""
 
@@ -203,6 +219,7 @@ class Accounts:
         self.file = account_file
         self._stamp: tuple[int, int, int] | None = None
         self._accounts: dict[str, str] = {}
+        self._usual_cost: tuple[dict[str, str], int] | None = None
 
     def _current(self) -> dict[str, str]:
         try:
@@ -232,8 +249,11 @@ class Accounts:
 
         An unknown account then takes as long as a typical known one.
         """
-        costs = Counter(hash_cost(stored) for stored in self._current().values())
-        return costs.most_common(1)[0][0] if costs else DEFAULT_COST
+        accounts = self._current()
+        if self._usual_cost is None or self._usual_cost[0] is not accounts:
+            costs = Counter(hash_cost(stored) for stored in accounts.values())
+            self._usual_cost = (accounts, costs.most_common(1)[0][0] if costs else DEFAULT_COST)
+        return self._usual_cost[1]
 
 
 @implementer(ICredentialsChecker)

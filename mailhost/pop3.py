@@ -294,6 +294,13 @@ class POP3Server(LineProtocol):
         """Refuse a password command where passwords may not travel; True when refused."""
         if self._plaintext_auth_allowed():
             return False
+        self.provider.events.emit(
+            events.POP_LOGIN_FAILED,
+            self.provider.now(),
+            ip=self._peer_ip(),
+            account="",
+            reason="plaintext-without-tls",
+        )
         self.write_line(PLAINTEXT_DISALLOWED)
         return True
 
@@ -365,7 +372,9 @@ class POP3Server(LineProtocol):
         if self._throttled(username, mechanism):
             return None
         credentials = UsernamePassword(username.encode("utf-8"), password)
-        d = self.portal.login(credentials, None, IPopMailbox)
+        d = self.provider.counted_check(
+            self._peer_ip(), self.portal.login, credentials, None, IPopMailbox
+        )
         return d.addCallbacks(
             self._logged_in,
             self._login_failed,

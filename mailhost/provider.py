@@ -8,11 +8,13 @@ decision always sees one consistent set.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from twisted.cred.portal import Portal
+from twisted.internet import defer
 
 from mailhost.accounts import Accounts, BcryptChecker
 from mailhost.blocking import RunBlocking
@@ -59,6 +61,17 @@ class Provider:
         if self.configured_domains:
             return frozenset(self.configured_domains)
         return self.accounts.domains()
+
+    def counted_check(self, ip: str, check: Callable[..., Any], *args: Any) -> defer.Deferred:
+        """Run a password check (a Deferred), counted by the throttle against ``ip`` until done."""
+        self.throttle.begin_check(ip)
+        d = defer.maybeDeferred(check, *args)
+
+        def done(result: object) -> object:
+            self.throttle.end_check(ip)
+            return result
+
+        return d.addBoth(done)
 
     def checker(self) -> BcryptChecker:
         return BcryptChecker(self.accounts, self.run_blocking)

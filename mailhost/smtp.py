@@ -573,6 +573,15 @@ class SMTPServer(LineProtocol):
             self.reply(504, "5.5.4", "Unrecognized authentication type (use PLAIN or LOGIN)")
             return None
         if not self.plaintext_auth_allowed():
+            self.provider.events.emit(
+                events.SMTP_AUTH_FAILED,
+                self.provider.now(),
+                ip=self.peer_ip,
+                role=self.role.value,
+                username="",
+                mechanism=mechanism,
+                reason="plaintext-without-tls",
+            )
             self.reply(538, "5.7.11", "Encryption required for requested authentication mechanism")
             return None
         if self._throttled(mechanism, ""):
@@ -638,8 +647,10 @@ class SMTPServer(LineProtocol):
         """
         if self._throttled(mechanism, username):
             return None
-        checker = self.provider.checker()
-        d = checker.requestAvatarId(UsernamePassword(username.encode("utf-8"), password))
+        credentials = UsernamePassword(username.encode("utf-8"), password)
+        d = self.provider.counted_check(
+            self.peer_ip, self.provider.checker().requestAvatarId, credentials
+        )
 
         def succeeded(account: str) -> None:
             self.auth_account = account
@@ -721,7 +732,13 @@ class SMTPServer(LineProtocol):
         self.reply(502, "5.5.1", "EXPN is not supported")
 
     def do_HELP(self, argument: str) -> None:
-        self.reply(214, "2.0.0", "Commands: " + " ".join(self._commands))
+        hidden = set()
+        if not self.auth_offered():
+            hidden.add("AUTH")
+        if not self.tls_available(self.provider.tls_options):
+            hidden.add("STARTTLS")
+        offered = [command for command in self._commands if command not in hidden]
+        self.reply(214, "2.0.0", "Commands: " + " ".join(offered))
 
 
 class SMTPFactory(protocol.Factory):

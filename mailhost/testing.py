@@ -19,9 +19,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from zope.interface import alsoProvides, implementer
 
-from mailhost.accounts import AccountFile, Accounts
+from mailhost.accounts import DEMO_ACCOUNTS, AccountFile, Accounts
 from mailhost.blocking import run_inline
-from mailhost.cli import DEMO_ACCOUNTS
 from mailhost.clock import ServerClock
 from mailhost.config import DataDir, Limits
 from mailhost.events import EventLog

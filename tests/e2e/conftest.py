@@ -26,8 +26,7 @@ from typing import Any
 import pytest
 from twisted.internet.threads import blockingCallFromThread
 
-from mailhost.accounts import AccountFile
-from mailhost.cli import DEMO_ACCOUNTS
+from mailhost.accounts import DEMO_ACCOUNTS, AccountFile
 from mailhost.config import Listeners, ServeConfig
 from mailhost.policy import Schemes
 from mailhost.schedule import Schedule

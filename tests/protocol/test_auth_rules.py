@@ -476,3 +476,64 @@ def test_enforce_sender_with_smtp_after_pop_says_the_sender_cannot_be_checked(ne
     [event] = provider.events.recent(events.SMTP_DECISION)
     assert event["scheme"] == "smtp-after-pop"
     assert SENDER_UNBOUND in event["reason"]
+
+
+# --- checks in progress count: many connections at once cannot outrun the throttle -------------
+
+
+def test_parallel_smtp_attempts_get_no_more_checks_than_the_limit(new_provider):
+    """With checks still running, new attempts from the address are refused (454) unchecked."""
+    from mailhost.testing import QueuedRunBlocking
+
+    provider = new_provider(throttle=AuthThrottle(ThrottleSettings(limit=3, window=WINDOW)))
+    provider.run_blocking = queue = QueuedRunBlocking()
+    sessions = [SMTPSession(provider, peer=LOOPBACK) for _ in range(10)]
+    replies = []
+    for session in sessions:
+        session("EHLO guesser.example")
+        replies.append(session.send(f"AUTH PLAIN {plain(password='guess')}"))
+    assert len(queue.queue) == 3
+    assert [r[-1][:3] for r in replies[3:]] == ["454"] * 7
+    queue.run_all()
+    assert [session.replies() for session in sessions[:3]] == [
+        ["535 5.7.8 Error: authentication failed"]
+    ] * 3
+    assert provider.throttle.failures("127.0.0.2", provider.now()) == 3
+
+
+def test_parallel_pop3_logins_get_no_more_checks_than_the_limit(new_provider):
+    """POP3 logins in flight count too: past the limit the rest get -ERR [SYS/TEMP] unchecked."""
+    from mailhost.testing import QueuedRunBlocking
+
+    provider = new_provider(throttle=AuthThrottle(ThrottleSettings(limit=2, window=WINDOW)))
+    provider.run_blocking = queue = QueuedRunBlocking()
+    sessions = [POP3Session(provider, peer=LOOPBACK) for _ in range(5)]
+    replies = [session.login(password="guess") for session in sessions]
+    assert len(queue.queue) == 2
+    assert replies[2:] == [POP_THROTTLED] * 3
+    queue.run_all()
+    assert provider.throttle.failures("127.0.0.2", provider.now()) == 2
+    for session in sessions:
+        session.drop()
+
+
+def test_pop3_auth_plain_failures_feed_the_throttle(throttled):
+    """A failed POP3 AUTH PLAIN counts like a failed PASS."""
+    session = POP3Session(throttled, peer=LOOPBACK)
+    for _ in range(2):
+        assert session.command(f"AUTH PLAIN {plain(password='guess')}").startswith(b"-ERR [AUTH]")
+    assert session.command(f"AUTH PLAIN {plain()}") == POP_THROTTLED
+    session.drop()
+
+
+def test_refused_plaintext_passwords_are_logged(provider):
+    """A password refused for want of TLS is a failure event, so such clients can be spotted."""
+    smtp = SMTPSession(provider)
+    smtp("EHLO outside.example")
+    assert smtp(f"AUTH PLAIN {plain()}") == SMTP_ENCRYPTION_REQUIRED
+    pop = POP3Session(provider)
+    pop.command(f"USER {ALICE}")
+    kinds = [(e["kind"], e["reason"]) for e in provider.events.recent() if "reason" in e]
+    assert (events.SMTP_AUTH_FAILED, "plaintext-without-tls") in kinds
+    assert (events.POP_LOGIN_FAILED, "plaintext-without-tls") in kinds
+    pop.drop()

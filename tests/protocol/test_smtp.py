@@ -871,3 +871,12 @@ def test_commands_still_accept_a_bare_lf_after_data(provider):
     transaction(session, "bob@example.org", "alice@example.org")
     session.server.dataReceived(b"NOOP\n")
     assert session.replies() == ["250 2.0.0 Ok"]
+
+
+def test_help_lists_only_what_is_offered(new_provider):
+    """HELP names AUTH and STARTTLS only where they would be accepted."""
+    session = ehlo(new_provider(smtp_auth=Schedule.off()))
+    listed = session("HELP")
+    assert "AUTH" not in listed and "STARTTLS" not in listed
+    assert "MAIL" in listed
+    assert "AUTH" in ehlo(new_provider())("HELP")

@@ -10,6 +10,9 @@ LEVEL_0 = [
     "mailhost.pop_logins",
     "mailhost.policy",
     "mailhost.addresses",
+    "mailhost.throttle",
+    "mailhost.connections",
+    "mailhost.sasl",
 ]
 
 

@@ -149,3 +149,44 @@ def test_defaults_are_ten_failures_in_ten_minutes():
     fail(t)
     assert t.is_blocked(IP, NOW)
     assert not t.is_blocked(IP, NOW + timedelta(minutes=10))
+
+
+def test_ipv6_addresses_in_one_slash_64_share_a_count():
+    """An IPv6 host owns its /64; spreading guesses over it does not buy fresh counts."""
+    throttle = AuthThrottle(ThrottleSettings(limit=2, window=timedelta(minutes=10)))
+    throttle.record_failure("2001:db8:0:1::1", NOW)
+    throttle.record_failure("2001:db8:0:1::ffff", NOW)
+    assert throttle.is_blocked("2001:db8:0:1:abcd::9", NOW)
+    assert not throttle.is_blocked("2001:db8:0:2::1", NOW)
+
+
+def test_ipv4_mapped_addresses_stay_ipv4():
+    """::ffff:192.0.2.1 is counted as 192.0.2.1, not as part of an IPv6 /64."""
+    throttle = AuthThrottle(ThrottleSettings(limit=1, window=timedelta(minutes=10)))
+    throttle.record_failure("::ffff:192.0.2.1", NOW)
+    assert throttle.is_blocked("192.0.2.1", NOW)
+    assert not throttle.is_blocked("192.0.2.2", NOW)
+
+
+def test_checks_in_progress_count_towards_the_limit():
+    """begin_check holds a place until end_check, so parallel guesses cannot outrun the limit."""
+    throttle = AuthThrottle(ThrottleSettings(limit=2, window=timedelta(minutes=10)))
+    throttle.begin_check("192.0.2.1")
+    throttle.begin_check("192.0.2.1")
+    assert throttle.is_blocked("192.0.2.1", NOW)
+    throttle.end_check("192.0.2.1")
+    assert not throttle.is_blocked("192.0.2.1", NOW)
+    throttle.end_check("192.0.2.1")
+    assert throttle._in_flight == {}
+
+
+def test_a_full_table_forgets_an_unblocked_address_before_a_blocked_one():
+    """Flooding the table with new addresses does not wipe the record of a blocked one."""
+    throttle = AuthThrottle(
+        ThrottleSettings(limit=2, window=timedelta(minutes=10)), max_addresses=3
+    )
+    throttle.record_failure("192.0.2.1", NOW)
+    throttle.record_failure("192.0.2.1", NOW)
+    for last in range(2, 10):
+        throttle.record_failure(f"198.51.100.{last}", NOW)
+    assert throttle.is_blocked("192.0.2.1", NOW)
