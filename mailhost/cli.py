@@ -19,7 +19,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from mailhost import __version__
-from mailhost.accounts import DEFAULT_COST, AccountError, AccountFile, verify_password
+from mailhost.accounts import DEFAULT_COST, AccountError, AccountFile, ensure_demo_accounts
 from mailhost.config import (
     DEFAULT_MAX_MESSAGE_SIZE,
     ConfigError,
@@ -32,6 +32,7 @@ from mailhost.config import (
     parse_domain,
     parse_duration,
     parse_host,
+    parse_hostname,
     parse_instant,
     parse_port,
     parse_positive,
@@ -41,9 +42,6 @@ from mailhost.connections import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTION
 from mailhost.policy import Schemes
 from mailhost.throttle import DEFAULT_LIMIT, ThrottleSettings
 from mailhost.tls import TLSError, TLSIdentity, server_identity
-
-DEMO_ACCOUNTS = {"alice@example.org": "alice-secret", "bob@example.org": "bob-secret"}
-DEMO_COST = 10
 
 
 def _parsed(parse: Callable[..., Any], *extra: Any) -> Callable[..., Any]:
@@ -170,17 +168,12 @@ def user_list(data_dir: Path) -> None:
         click.echo(name)
 
 
-def ensure_demo_accounts(data: DataDir) -> dict[str, str]:
-    """Create (or reset) the demo accounts with their well-known passwords."""
-    account_file = AccountFile(data.users)
-    existing = account_file.read()
-    for address, password in DEMO_ACCOUNTS.items():
-        stored = existing.get(address)
-        if stored is None:
-            account_file.add(address, password, DEMO_COST)
-        elif not verify_password(password.encode(), stored):
-            account_file.set_password(address, password, DEMO_COST)
-    return dict(DEMO_ACCOUNTS)
+def machine_hostname() -> str:
+    """The machine's name when it is a valid host name, else ``localhost``."""
+    try:
+        return parse_hostname(socket.gethostname() or "localhost")
+    except ConfigError:
+        return "localhost"
 
 
 @main.command()
@@ -305,7 +298,12 @@ def ensure_demo_accounts(data: DataDir) -> dict[str, str]:
     callback=_parsed(parse_positive, "a number of connections greater than zero"),
     help="Connections from one client address over all listeners.",
 )
-@click.option("--hostname", default=None, help="Name in greetings and Received headers.")
+@click.option(
+    "--hostname",
+    default=None,
+    callback=_parsed(parse_hostname),
+    help="Name in greetings, Received headers and the made certificate. Default: the machine's.",
+)
 @click.option(
     "--demo-accounts",
     is_flag=True,
@@ -359,7 +357,7 @@ def serve(
             max_connections=max_connections,
             max_connections_per_ip=max_connections_per_ip,
         ),
-        hostname=hostname or socket.gethostname() or "localhost",
+        hostname=hostname or machine_hostname(),
         tls=tls_config,
         allow_plaintext_auth=allow_plaintext_auth,
         throttle=ThrottleSettings(limit=auth_failure_limit, window=auth_failure_window),
@@ -369,16 +367,24 @@ def serve(
     try:
         DataDir(data_dir).root.mkdir(parents=True, exist_ok=True)
         if demo_accounts:
-            for address, password in ensure_demo_accounts(DataDir(data_dir)).items():
+            demo = ensure_demo_accounts(AccountFile(DataDir(data_dir).users))
+            for address, password in demo.items():
                 click.echo(f"demo account {address} password {password}", err=True)
         tls = server_identity(
-            tls_cert, tls_key, DataDir(data_dir).tls, config.hostname, datetime.now(UTC)
+            tls_cert,
+            tls_key,
+            DataDir(data_dir).tls,
+            config.hostname,
+            datetime.now(UTC),
+            hostname_explicit=hostname is not None,
         )
     except TLSError as e:
         fail(str(e))
     except OSError as e:
         fail(data_dir_problem(data_dir, e))
-    origin = "given" if tls_cert else "self-signed, made by mailhost"
+    for warning in tls.warnings:
+        click.echo(f"mailhost: warning: {warning}", err=True)
+    origin = "given" if tls.ca_path is None else f"made by mailhost; clients trust {tls.ca_path}"
     click.echo(
         f"TLS certificate {tls.cert_path} ({origin}) SHA-256 fingerprint {tls.fingerprint_sha256}",
         err=True,

@@ -118,6 +118,32 @@ def parse_domain(text: str, flag: str = "--domain") -> str:
     return domain
 
 
+HOSTNAME_FORMS = (
+    "a host name such as mail.example.org: dot-separated labels of 1-63 letters, digits or"
+    " hyphens (IDNA allowed), at most 253 characters"
+)
+_HOSTNAME_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def parse_hostname(text: str, flag: str = "--hostname") -> str:
+    """A host name for greetings and the certificate, in its ASCII (IDNA) form.
+
+    Checked here so that a bad name is a usage error, not an encoding failure
+    deep inside certificate generation.
+    """
+    value = text.strip()
+    if value.endswith("."):
+        value = value[:-1]
+    try:
+        ascii_name = value.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise ConfigError(flag, text, HOSTNAME_FORMS) from None
+    labels = ascii_name.split(".")
+    if len(ascii_name) > 253 or not all(_HOSTNAME_LABEL.fullmatch(label) for label in labels):
+        raise ConfigError(flag, text, HOSTNAME_FORMS)
+    return ascii_name
+
+
 def parse_positive(value: object, flag: str, what: str) -> int:
     text = str(value).strip()
     if not re.fullmatch(r"[0-9]+", text) or int(text) <= 0:

@@ -3,14 +3,24 @@
 Theory of operation: an operator may bring a certificate and key
 (``--tls-cert``/``--tls-key``, PEM); they are loaded and checked to match, and
 any problem is reported naming the flag. Without them mailhost makes its own,
-once: a self-signed certificate under ``DIR/tls/`` that is also its own
-authority (CA:TRUE, keyCertSign), so a client can trust exactly this server by
-adding ``cert.pem`` as a CA file, or pin it by the SHA-256 fingerprint printed at
-start-up. Later starts reuse it unless it is missing, unreadable, does not match
-its key, expires within :data:`RENEW_BEFORE`, or does not name the configured
-hostname. Clients check validity against their own clock, so ``now`` here is
-wall-clock time, not the adjustable server clock. Key generation blocks; it
-happens once, before anything listens.
+as mkcert does: a throwaway authority whose key lives only in memory for the
+moment it signs one leaf certificate, and is then dropped. The authority is
+name-constrained to the leaf's own names (the hostname, localhost, 127.0.0.1,
+::1), so trusting ``ca.pem`` lets a client verify this server and nothing
+else, even for someone who reads ``key.pem``; the leaf itself is CA:FALSE, as
+NSS insists. Clients may instead pin the leaf's SHA-256 fingerprint, printed
+at start-up.
+
+Later starts reuse the files unless one is missing or unreadable, the key does
+not match, the leaf is not one mailhost made under ``ca.pem``, it expires
+within :data:`RENEW_BEFORE`, or an *explicitly* given hostname is not among its
+names. A hostname guessed from the machine is not enough, since containers get
+a new one every run and clients would lose their trust each time. An
+``flock`` on ``DIR/tls/.lock`` serialises check, generation and writing, so
+concurrent starts end with one pair that all of them use. Clients check
+validity against their own clock, so ``now`` here is wall-clock time, not the
+adjustable server clock. Key generation blocks; it happens once, before
+anything listens.
 
 The server context offers TLS 1.2 and 1.3 only, with forward-secret AEAD
 ciphers (TLS 1.3 suites are AEAD by definition).
@@ -19,15 +29,18 @@ ciphers (TLS 1.3 suites are AEAD by definition).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import ipaddress
 import os
+import stat
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
@@ -43,6 +56,11 @@ CLOCK_SKEW = timedelta(hours=1)
 MODERN_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 LOOPBACK_NAMES = ("localhost",)
 LOOPBACK_IPS = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
+CA_FILE = "ca.pem"
+CERT_FILE = "cert.pem"
+KEY_FILE = "key.pem"
+LOCK_FILE = ".lock"
+KEY_MODE = 0o600
 
 PrivateKey = CertificateIssuerPrivateKeyTypes
 
@@ -59,7 +77,7 @@ class TLSError(Exception):
 
 @dataclass(frozen=True)
 class TLSIdentity:
-    """A certificate (with any chain that followed it in the file) and its private key."""
+    """A leaf certificate (with any chain that followed it in the file) and its private key."""
 
     cert_path: Path
     key_path: Path
@@ -67,10 +85,15 @@ class TLSIdentity:
     private_key: PrivateKey
     chain: tuple[x509.Certificate, ...] = ()
     generated: bool = False
-    """True when mailhost made (or reused its own) self-signed certificate."""
+    """True when mailhost made (or reused its own) certificate."""
+    ca_path: Path | None = None
+    """The authority clients should trust (mailhost's own ``ca.pem``); None for given files."""
+    warnings: tuple[str, ...] = ()
+    """Problems worth telling the operator about that do not stop the server."""
 
     @property
     def fingerprint_sha256(self) -> str:
+        """The leaf's fingerprint, which is what a client pins."""
         return fingerprint_sha256(self.certificate)
 
     def server_options(self) -> CertificateOptions:
@@ -130,19 +153,34 @@ def load_identity(cert_path: Path, key_path: Path) -> TLSIdentity:
     return TLSIdentity(cert_path, key_path, leaf, private_key, tuple(chain))  # type: ignore[arg-type]
 
 
+def _ascii_hostname(hostname: str) -> str:
+    return hostname.rstrip(".").encode("idna").decode("ascii").lower()
+
+
 def _san_entries(hostname: str) -> list[x509.GeneralName]:
     names: list[x509.GeneralName] = []
     for name in (hostname, *LOOPBACK_NAMES):
         try:
             address = ipaddress.ip_address(name)
         except ValueError:
-            entry: x509.GeneralName = x509.DNSName(name.encode("idna").decode("ascii").lower())
+            entry: x509.GeneralName = x509.DNSName(_ascii_hostname(name))
         else:
             entry = x509.IPAddress(address)
         if entry not in names:
             names.append(entry)
     names.extend(x509.IPAddress(ip) for ip in LOOPBACK_IPS if x509.IPAddress(ip) not in names)
     return names
+
+
+def _permitted_subtrees(hostname: str) -> list[x509.GeneralName]:
+    """The SAN names as name constraints: each IP becomes a single-address network."""
+    subtrees: list[x509.GeneralName] = []
+    for entry in _san_entries(hostname):
+        if isinstance(entry, x509.IPAddress):
+            subtrees.append(x509.IPAddress(ipaddress.ip_network(entry.value)))
+        else:
+            subtrees.append(entry)
+    return subtrees
 
 
 def names_hostname(certificate: x509.Certificate, hostname: str) -> bool:
@@ -157,46 +195,87 @@ def names_hostname(certificate: x509.Certificate, hostname: str) -> bool:
     return wanted in san
 
 
-def generate_self_signed(hostname: str, now: datetime) -> tuple[x509.Certificate, PrivateKey]:
-    """An EC P-256 key and a certificate for it that is its own authority."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name(
+def _key_usage(*, digital_signature: bool = False, cert_sign: bool = False) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=digital_signature,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=cert_sign,
+        crl_sign=cert_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+@dataclass(frozen=True)
+class Generated:
+    """A fresh leaf, its key and the authority that signed it; the authority's key is gone."""
+
+    certificate: x509.Certificate
+    private_key: PrivateKey
+    ca: x509.Certificate
+
+
+def generate_certificate(hostname: str, now: datetime) -> Generated:
+    """A name-constrained throwaway CA and a server leaf it signed, both EC P-256.
+
+    The CA key is a local variable: it is never serialised, so once this
+    returns nobody can issue another certificate under ``ca.pem``.
+    """
+    ascii_name = _ascii_hostname(hostname)
+    not_before, not_after = now - CLOCK_SKEW, now + VALIDITY
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_public = ca_key.public_key()
+    ca_name = x509.Name(
         [
-            x509.NameAttribute(NameOID.COMMON_NAME, hostname[:64]),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"mailhost CA for {ascii_name}"[:64]),
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "mailhost self-signed"),
         ]
     )
-    public = key.public_key()
-    certificate = (
+    ca = (
         x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(public)
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_public)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - CLOCK_SKEW)
-        .not_valid_after(now + VALIDITY)
-        .add_extension(x509.SubjectAlternativeName(_san_entries(hostname)), critical=False)
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_key_usage(cert_sign=True), critical=True)
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
+            x509.NameConstraints(
+                permitted_subtrees=_permitted_subtrees(hostname), excluded_subtrees=None
             ),
             critical=True,
         )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(public), critical=False)
-        .sign(key, hashes.SHA256())
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_public), critical=False)
+        .sign(ca_key, hashes.SHA256())
     )
-    return certificate, key
+    key = ec.generate_private_key(ec.SECP256R1())
+    # A common name is optional with a SAN; one cut short would fall outside the constraints.
+    subject = [x509.NameAttribute(NameOID.COMMON_NAME, ascii_name)] if len(ascii_name) <= 64 else []
+    subject.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, "mailhost self-signed"))
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name(subject))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.SubjectAlternativeName(_san_entries(hostname)), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(digital_signature=True), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_public), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return Generated(leaf, key, ca)
 
 
 def _write_atomically(path: Path, data: bytes, mode: int) -> None:
@@ -220,49 +299,141 @@ def _write_atomically(path: Path, data: bytes, mode: int) -> None:
         os.close(dir_fd)
 
 
-def _reusable(cert_path: Path, key_path: Path, hostname: str, now: datetime) -> TLSIdentity | None:
+def _loose_mode(path: Path, mask: int) -> int | None:
+    """The file's permission bits when any in ``mask`` is set, else None."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return None
+    return mode if mode & mask else None
+
+
+def _tighten_key(key_path: Path) -> tuple[str, ...]:
+    """Bring mailhost's own key back to 0600 if something loosened it."""
+    mode = _loose_mode(key_path, 0o777 & ~KEY_MODE)
+    if mode is None:
+        return ()
+    try:
+        os.chmod(key_path, KEY_MODE)
+    except OSError as e:
+        return (f"{key_path} has mode {mode:04o} and cannot be made 0600: {e.strerror or e}",)
+    return ()
+
+
+def _reusable(
+    directory: Path, hostname: str, now: datetime, hostname_explicit: bool
+) -> TLSIdentity | None:
+    """The pair under ``directory`` if it is mailhost's own, whole and still good, else None."""
+    cert_path, key_path, ca_path = directory / CERT_FILE, directory / KEY_FILE, directory / CA_FILE
     try:
         identity = load_identity(cert_path, key_path)
-    except TLSError:
+        cas = x509.load_pem_x509_certificates(ca_path.read_bytes())
+    except (TLSError, OSError, ValueError):
         return None
-    certificate = identity.certificate
-    if certificate.not_valid_after_utc - RENEW_BEFORE <= now:
+    leaf = identity.certificate
+    if len(cas) != 1 or identity.chain != (cas[0],):
         return None
-    if certificate.not_valid_before_utc > now:
+    ca = cas[0]
+    try:
+        is_ca = leaf.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        leaf.verify_directly_issued_by(ca)
+    except (x509.ExtensionNotFound, ValueError, TypeError, InvalidSignature):
         return None
-    if not names_hostname(certificate, hostname):
+    if is_ca:
+        return None  # an older self-signed authority: replace it with a constrained pair
+    expires = min(leaf.not_valid_after_utc, ca.not_valid_after_utc)
+    if expires - RENEW_BEFORE <= now or leaf.not_valid_before_utc > now:
         return None
-    return TLSIdentity(cert_path, key_path, certificate, identity.private_key, generated=True)
+    if hostname_explicit and not names_hostname(leaf, hostname):
+        return None
+    return TLSIdentity(
+        cert_path,
+        key_path,
+        leaf,
+        identity.private_key,
+        (ca,),
+        generated=True,
+        ca_path=ca_path,
+        warnings=_tighten_key(key_path),
+    )
 
 
-def ensure_self_signed(directory: Path, hostname: str, now: datetime) -> TLSIdentity:
-    """Reuse ``directory``'s cert.pem/key.pem when still good for ``hostname``, else make new."""
-    cert_path = directory / "cert.pem"
-    key_path = directory / "key.pem"
-    reused = _reusable(cert_path, key_path, hostname, now)
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """An exclusive flock on ``directory``/.lock, released when the block ends (or we die)."""
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _pem(certificate: x509.Certificate) -> bytes:
+    return certificate.public_bytes(serialization.Encoding.PEM)
+
+
+def ensure_self_signed(
+    directory: Path, hostname: str, now: datetime, *, hostname_explicit: bool = True
+) -> TLSIdentity:
+    """Reuse ``directory``'s ca.pem/cert.pem/key.pem when still good, else make and write new.
+
+    ``hostname_explicit`` says whether the operator chose ``hostname``; only
+    then does its absence from the certificate call for a new one.
+    """
+    reused = _reusable(directory, hostname, now, hostname_explicit)
     if reused is not None:
         return reused
-    certificate, key = generate_self_signed(hostname, now)
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
+    cert_path, key_path, ca_path = directory / CERT_FILE, directory / KEY_FILE, directory / CA_FILE
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        _write_atomically(key_path, key_pem, 0o600)
-        _write_atomically(cert_path, certificate.public_bytes(serialization.Encoding.PEM), 0o644)
+        with _locked(directory):
+            # Another start may have written a good pair while we waited for the lock.
+            reused = _reusable(directory, hostname, now, hostname_explicit)
+            if reused is not None:
+                return reused
+            made = generate_certificate(hostname, now)
+            key_pem = made.private_key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+            _write_atomically(key_path, key_pem, KEY_MODE)
+            _write_atomically(cert_path, _pem(made.certificate) + _pem(made.ca), 0o644)
+            _write_atomically(ca_path, _pem(made.ca), 0o644)
     except OSError as e:
         raise TLSError(
             "--data", directory, f"cannot write the certificate: {e.strerror or e}"
         ) from None
-    return TLSIdentity(cert_path, key_path, certificate, key, generated=True)
+    return TLSIdentity(
+        cert_path,
+        key_path,
+        made.certificate,
+        made.private_key,
+        (made.ca,),
+        generated=True,
+        ca_path=ca_path,
+    )
 
 
 def server_identity(
-    cert_path: Path | None, key_path: Path | None, directory: Path, hostname: str, now: datetime
+    cert_path: Path | None,
+    key_path: Path | None,
+    directory: Path,
+    hostname: str,
+    now: datetime,
+    *,
+    hostname_explicit: bool = True,
 ) -> TLSIdentity:
     """The operator's certificate when given, otherwise mailhost's own under ``directory``."""
     if cert_path is not None and key_path is not None:
-        return load_identity(cert_path, key_path)
-    return ensure_self_signed(directory, hostname, now)
+        identity = load_identity(cert_path, key_path)
+        mode = _loose_mode(key_path, 0o044)
+        if mode is None:
+            return identity
+        warning = (
+            f"{KEY_FLAG} {key_path} is readable by group or others (mode {mode:04o});"
+            " consider chmod 600"
+        )
+        return replace(identity, warnings=(warning,))
+    return ensure_self_signed(directory, hostname, now, hostname_explicit=hostname_explicit)

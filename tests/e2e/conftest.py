@@ -45,12 +45,17 @@ class RunningServer:
 
     @property
     def cert(self) -> Path:
-        """The server's certificate (self-signed, its own authority): the CA file for clients."""
+        """The server's certificate file: the leaf, then the CA that signed it."""
         return self.service.tls.cert_path
 
+    @property
+    def ca(self) -> Path:
+        """The name-constrained CA mailhost made: what clients are told to trust."""
+        return self.service.tls.ca_path
+
     def tls_context(self) -> ssl.SSLContext:
-        """A verifying client context that trusts exactly this server's certificate."""
-        return ssl.create_default_context(cafile=str(self.cert))
+        """A verifying client context that trusts only this server's ca.pem."""
+        return ssl.create_default_context(cafile=str(self.ca))
 
     def advance(self, seconds: float) -> None:
         """Move the server clock forward (grants and schedules follow it)."""

@@ -1,7 +1,7 @@
 """TLS over real sockets: implicit TLS (RFC 8314), STARTTLS and STLS, with verifying clients.
 
-Every client trusts exactly the server's self-signed certificate (its own
-authority) as a CA file; none turns verification off. Clients that need a
+Every client trusts only the server's ca.pem (the name-constrained authority
+mailhost made for itself); none turns verification off. Clients that need a
 binary (swaks, curl, openssl) are skipped with a reason when it is missing.
 """
 
@@ -128,6 +128,101 @@ def read_reply(connection: socket.socket) -> bytes:
 
 
 CLOSE_TIMEOUT = 2.0
+QUIET_TIMEOUT = 0.5
+"""How long to listen for a reply nobody asked for; on loopback a real one comes at once."""
+
+
+def read_smtp_reply(connection: socket.socket) -> list[bytes]:
+    """Every line of one (possibly multi-line) SMTP reply."""
+    lines = [read_reply(connection)]
+    while lines[-1][3:4] == b"-":
+        lines.append(read_reply(connection))
+    return lines
+
+
+def read_pop3_list(connection: socket.socket) -> list[bytes]:
+    """A POP3 +OK status line and the lines of its list, up to the terminating dot."""
+    lines = [read_reply(connection)]
+    while lines[-1] != b".\r\n":
+        lines.append(read_reply(connection))
+    return lines
+
+
+def assert_nothing_unprompted(tls: ssl.SSLSocket) -> None:
+    """No reply arrives inside TLS before the client says anything there."""
+    tls.settimeout(QUIET_TIMEOUT)
+    with pytest.raises(TimeoutError):
+        tls.recv(1)
+    tls.settimeout(CLOSE_TIMEOUT)
+
+
+def test_starttls_drops_a_command_sent_behind_it_in_plaintext(server):
+    """A NOOP in the same write as STARTTLS gets no reply inside TLS; a fresh EHLO works."""
+    with socket.create_connection((HOST, server.ports["submission"]), timeout=CLOSE_TIMEOUT) as raw:
+        assert read_reply(raw).startswith(b"220 ")
+        raw.sendall(b"EHLO x\r\n")
+        assert read_smtp_reply(raw)[-1].startswith(b"250 ")
+        raw.sendall(b"STARTTLS\r\nNOOP\r\n")
+        assert read_reply(raw).startswith(b"220 ")
+        with server.tls_context().wrap_socket(raw, server_hostname=HOST) as tls:
+            assert_nothing_unprompted(tls)
+            tls.sendall(b"EHLO client.example.net\r\n")
+            reply = read_smtp_reply(tls)
+    assert reply[0].startswith(b"250-mail.example.org")
+    assert reply[-1].startswith(b"250 ")
+    assert not any(b"STARTTLS" in line for line in reply)
+
+
+def test_stls_drops_a_command_sent_behind_it_in_plaintext(server):
+    """A CAPA in the same write as STLS gets no reply inside TLS; a fresh CAPA works."""
+    with socket.create_connection((HOST, server.ports["pop3"]), timeout=CLOSE_TIMEOUT) as raw:
+        assert read_reply(raw).startswith(b"+OK")
+        raw.sendall(b"STLS\r\nCAPA\r\n")
+        assert read_reply(raw).startswith(b"+OK")
+        with server.tls_context().wrap_socket(raw, server_hostname=HOST) as tls:
+            assert_nothing_unprompted(tls)
+            tls.sendall(b"CAPA\r\n")
+            capabilities = read_pop3_list(tls)
+    assert capabilities[0].startswith(b"+OK")
+    assert b"USER\r\n" in capabilities
+    assert b"STLS\r\n" not in capabilities
+
+
+def test_smtps_does_not_offer_starttls(server):
+    """On the implicit-TLS submission port EHLO lists AUTH but not STARTTLS."""
+    with smtplib.SMTP_SSL(
+        HOST, server.ports["smtps"], context=server.tls_context(), timeout=CLIENT_TIMEOUT
+    ) as client:
+        client.ehlo("client.example.net")
+        assert client.has_extn("auth")
+        assert not client.has_extn("starttls")
+
+
+def test_pop3s_does_not_offer_stls(server):
+    """On the implicit-TLS POP3 port CAPA lists USER but not STLS."""
+    client = poplib.POP3_SSL(
+        HOST, server.ports["pop3s"], context=server.tls_context(), timeout=CLIENT_TIMEOUT
+    )
+    capabilities = client.capa()
+    client.quit()
+    assert "USER" in capabilities
+    assert "STLS" not in capabilities
+
+
+def test_starttls_then_auth_login_relays(server):
+    """STARTTLS on submission, then AUTH LOGIN (forced, not PLAIN), relays as ESMTPSA."""
+    with smtplib.SMTP(HOST, server.ports["submission"], timeout=CLIENT_TIMEOUT) as client:
+        client.ehlo("client.example.net")
+        client.starttls(context=server.tls_context())
+        client.ehlo("client.example.net")
+        client.user, client.password = ALICE, ALICE_PASSWORD
+        code, _ = client.auth("LOGIN", client.auth_login)
+        assert code == 235
+        assert client.sendmail(ALICE, [OUTSIDE], message("starttls auth login")) == {}
+    [stored] = server.stored("outbox")
+    received = received_header(stored)
+    assert "with ESMTPSA" in received
+    assert "smtp-auth: alice@example.org" in received
 
 
 @pytest.mark.parametrize("listener", ["pop3s", "pop3"])
@@ -153,7 +248,7 @@ def test_pop3_quit_over_tls_closes_the_connection(server, listener):
 
 
 def test_client_without_the_certificate_refuses_the_server(server):
-    """A verifying client that does not trust the self-signed certificate fails the handshake."""
+    """A verifying client that does not trust this server's ca.pem fails the handshake."""
     untrusting = ssl.create_default_context(cafile=None, capath=None, cadata=None)
     untrusting.load_verify_locations(cadata=_unrelated_ca_pem())
     with (
@@ -168,10 +263,10 @@ def _unrelated_ca_pem() -> str:
 
     from cryptography.hazmat.primitives import serialization
 
-    from mailhost.tls import generate_self_signed
+    from mailhost.tls import generate_certificate
 
-    certificate, _ = generate_self_signed("unrelated.example", datetime.now(UTC))
-    return certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
+    ca = generate_certificate("unrelated.example", datetime.now(UTC)).ca
+    return ca.public_bytes(serialization.Encoding.PEM).decode("ascii")
 
 
 @pytest.mark.parametrize("listener", ["smtps", "pop3s"])
@@ -200,7 +295,7 @@ def test_swaks_relays_over_tls_with_auth(server, listener, tls_flag):
     """swaks with STARTTLS (submission) or implicit TLS (smtps), verifying the certificate."""
     result = run(
         *SWAKS,
-        str(server.cert),
+        str(server.ca),
         tls_flag,
         "--server",
         f"{HOST}:{server.ports[listener]}",
@@ -230,7 +325,7 @@ def curl(server, url: str, *args: str) -> subprocess.CompletedProcess[str]:
         "--max-time",
         str(CLIENT_TIMEOUT),
         "--cacert",
-        str(server.cert),
+        str(server.ca),
         "--user",
         f"{ALICE}:{ALICE_PASSWORD}",
         *args,
@@ -295,7 +390,7 @@ def s_client(server, listener: str, *args: str) -> subprocess.CompletedProcess[s
         "-connect",
         f"{HOST}:{server.ports[listener]}",
         "-CAfile",
-        str(server.cert),
+        str(server.ca),
         *args,
         stdin="QUIT\n",
     )

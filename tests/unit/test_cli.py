@@ -397,3 +397,69 @@ def test_serve_rejects_a_host_that_is_not_an_address(tmp_path):
     result = CliRunner().invoke(main, ["serve", "--data", str(tmp_path), "--host", "nonsense"])
     assert result.exit_code == 2
     assert "--host" in result.output
+
+
+@pytest.mark.parametrize("hostname", ["a..b", "x" * 64 + ".example", "bad\udcff.example"])
+def test_serve_rejects_a_bad_hostname_naming_the_flag(tmp_path, hostname):
+    """A malformed --hostname exits 2 naming --hostname, without a traceback."""
+    result = CliRunner().invoke(main, ["serve", "--data", str(tmp_path), "--hostname", hostname])
+    assert result.exit_code == 2
+    assert "--hostname" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert not (tmp_path / "tls").exists()
+
+
+def test_serve_without_hostname_keeps_the_certificate_when_the_machine_renames(
+    run, tmp_path, served, monkeypatch
+):
+    """A hostname guessed from the machine does not replace the certificate clients trust."""
+    monkeypatch.setattr("socket.gethostname", lambda: "container-1")
+    assert run("serve", "--data", str(tmp_path)).exit_code == 0
+    first = served["tls"].fingerprint_sha256
+    monkeypatch.setattr("socket.gethostname", lambda: "container-2")
+    assert run("serve", "--data", str(tmp_path)).exit_code == 0
+    assert served["config"].hostname == "container-2"
+    assert served["tls"].fingerprint_sha256 == first
+
+
+def test_serve_with_a_new_hostname_makes_a_new_certificate(run, tmp_path, served):
+    """An explicit --hostname the certificate does not name gets a new one that does."""
+    assert run("serve", "--data", str(tmp_path), "--hostname", "a.example").exit_code == 0
+    first = served["tls"].fingerprint_sha256
+    assert run("serve", "--data", str(tmp_path), "--hostname", "b.example").exit_code == 0
+    assert served["tls"].fingerprint_sha256 != first
+    assert served["config"].hostname == "b.example"
+
+
+def test_an_invalid_machine_name_falls_back_to_localhost(run, tmp_path, served, monkeypatch):
+    """A machine name that is no valid host name is replaced by localhost, not an error."""
+    monkeypatch.setattr("socket.gethostname", lambda: "bad_name")
+    assert run("serve", "--data", str(tmp_path)).exit_code == 0
+    assert served["config"].hostname == "localhost"
+
+
+def test_serve_reports_where_clients_find_the_ca(run, tmp_path, served):
+    """The start-up line names ca.pem for clients and the leaf's fingerprint for pinning."""
+    result = run("serve", "--data", str(tmp_path), "--hostname", "mail.example.org")
+    tls = served["tls"]
+    assert tls.ca_path == tmp_path / "tls" / "ca.pem"
+    assert f"clients trust {tls.ca_path}" in result.output
+    assert f"SHA-256 fingerprint {tls.fingerprint_sha256}" in result.output
+
+
+def test_serve_warns_about_a_readable_given_key(run, tmp_path, served):
+    """A --tls-key readable by group or others is warned about on stderr and left as it is."""
+    given = ensure_self_signed(tmp_path / "given", "mail.example.org", NOW)
+    given.key_path.chmod(0o644)
+    result = run(
+        "serve",
+        "--data",
+        str(tmp_path / "data"),
+        "--tls-cert",
+        str(given.cert_path),
+        "--tls-key",
+        str(given.key_path),
+    )
+    assert result.exit_code == 0, result.output
+    assert f"warning: --tls-key {given.key_path} is readable by group or others" in result.output
+    assert (given.key_path.stat().st_mode & 0o777) == 0o644

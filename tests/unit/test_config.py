@@ -6,12 +6,14 @@ import pytest
 
 from mailhost.config import (
     DURATION_FORMS,
+    HOSTNAME_FORMS,
     INSTANT_FORMS,
     PORT_FORMS,
     STATE_FORMS,
     ConfigError,
     parse_domain,
     parse_duration,
+    parse_hostname,
     parse_instant,
     parse_port,
     parse_state,
@@ -213,3 +215,42 @@ def test_a_bad_domain_raises_config_error_naming_the_flag(text):
     assert caught.value.flag == "--domain"
     assert "--domain" in str(caught.value)
     assert "example.org" in caught.value.accepted
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("mail.example.org", "mail.example.org"),
+        ("mail.example.org.", "mail.example.org"),
+        ("localhost", "localhost"),
+        ("192.0.2.7", "192.0.2.7"),
+        ("bücher.example", "xn--bcher-kva.example"),
+        ("a" * 63 + ".example", "a" * 63 + ".example"),
+    ],
+)
+def test_a_hostname_is_kept_in_its_ascii_form(text, expected):
+    """Valid names pass, an internationalised one as its IDNA A-label, one trailing dot dropped."""
+    assert parse_hostname(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        ".",
+        "a..b",
+        "a" * 64 + ".example",
+        ".".join(["a" * 63] * 4) + "x",
+        "bad_name.example",
+        "-x.example",
+        "x y.example",
+        "mail.example.org..",
+        "::1",
+        "bad\udcff.example",
+    ],
+)
+def test_a_bad_hostname_raises_config_error_naming_the_flag(text):
+    """Empty or long labels, non-LDH characters and non-IDNA text are refused, not crashed on."""
+    with pytest.raises(ConfigError) as caught:
+        parse_hostname(text)
+    assert (caught.value.flag, caught.value.accepted) == ("--hostname", HOSTNAME_FORMS)

@@ -1,16 +1,20 @@
-"""The TLS identity: a self-signed certificate made once and reused, given files, the context."""
+"""The TLS identity: a constrained CA and leaf made once and reused, given files, the context."""
 
 from __future__ import annotations
 
 import ipaddress
 import re
 import ssl
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 from OpenSSL import SSL
 
 from mailhost.tls import (
@@ -19,95 +23,219 @@ from mailhost.tls import (
     TLSError,
     ensure_self_signed,
     fingerprint_sha256,
-    generate_self_signed,
+    generate_certificate,
     load_identity,
     server_identity,
 )
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 HOST = "mail.example.org"
+LOOPBACK_V4, LOOPBACK_V6 = ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")
+
+
+def extension(certificate: x509.Certificate, kind: type) -> x509.Extension:
+    return certificate.extensions.get_extension_for_class(kind)
 
 
 def san(certificate: x509.Certificate) -> x509.SubjectAlternativeName:
-    return certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return extension(certificate, x509.SubjectAlternativeName).value
+
+
+def ca_of(identity) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(identity.ca_path.read_bytes())
+
+
+def pem_key(key) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
 
 
 def write_pair(directory, hostname=HOST, now=NOW):
     """An operator's certificate and key as PEM files."""
-    certificate, key = generate_self_signed(hostname, now)
+    made = generate_certificate(hostname, now)
     cert_path, key_path = directory / "given-cert.pem", directory / "given-key.pem"
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    cert_path.write_bytes(made.certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(pem_key(made.private_key))
+    key_path.chmod(0o600)
     return cert_path, key_path
 
 
-def test_first_start_writes_a_self_signed_certificate_and_private_key(tmp_path):
-    """Without files, cert.pem and a 0600 key.pem are made under the directory."""
+def verify(identity, name: x509.GeneralName, now=NOW) -> list[x509.Certificate]:
+    """Path-validate the leaf against ca.pem alone, as a browser-grade client would."""
+    verifier = PolicyBuilder().store(Store([ca_of(identity)])).time(now).build_server_verifier(name)
+    return verifier.verify(identity.certificate, list(identity.chain))
+
+
+def snapshot(directory) -> dict:
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(directory.iterdir())}
+
+
+def test_first_start_writes_ca_chain_and_private_key(tmp_path):
+    """Without files, ca.pem, cert.pem (leaf then CA) and a 0600 key.pem are made."""
     identity = ensure_self_signed(tmp_path / "tls", HOST, NOW)
     assert identity.generated
     assert identity.cert_path == tmp_path / "tls" / "cert.pem"
+    assert identity.ca_path == tmp_path / "tls" / "ca.pem"
     assert (identity.key_path.stat().st_mode & 0o777) == 0o600
-    on_disk = x509.load_pem_x509_certificate(identity.cert_path.read_bytes())
-    assert on_disk == identity.certificate
-    assert sorted(p.name for p in (tmp_path / "tls").iterdir()) == ["cert.pem", "key.pem"]
+    on_disk = x509.load_pem_x509_certificates(identity.cert_path.read_bytes())
+    assert on_disk == [identity.certificate, ca_of(identity)]
+    assert identity.chain == (ca_of(identity),)
+    listing = sorted(p.name for p in (tmp_path / "tls").iterdir())
+    assert listing == [".lock", "ca.pem", "cert.pem", "key.pem"]
 
 
-def test_generated_certificate_names_hostname_and_loopback(tmp_path):
+def test_the_ca_key_is_not_on_disk(tmp_path):
+    """The only private key written is the leaf's: nobody can issue more under ca.pem."""
+    identity = ensure_self_signed(tmp_path, HOST, NOW)
+    ca_public = ca_of(identity).public_key()
+    found = []
+    for path in tmp_path.iterdir():
+        data = path.read_bytes()
+        for block in re.findall(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END", data, re.S):
+            found.append(serialization.load_pem_private_key(block + b" PRIVATE KEY-----\n", None))
+    assert [key.public_key() for key in found] == [identity.certificate.public_key()]
+    assert ca_public not in [key.public_key() for key in found]
+
+
+def test_generated_leaf_names_hostname_and_loopback(tmp_path):
     """The SAN holds the hostname, localhost, 127.0.0.1 and ::1, so loopback clients verify."""
     certificate = ensure_self_signed(tmp_path, HOST, NOW).certificate
     names = san(certificate)
     assert names.get_values_for_type(x509.DNSName) == [HOST, "localhost"]
-    assert names.get_values_for_type(x509.IPAddress) == [
-        ipaddress.ip_address("127.0.0.1"),
-        ipaddress.ip_address("::1"),
+    assert names.get_values_for_type(x509.IPAddress) == [LOOPBACK_V4, LOOPBACK_V6]
+
+
+def test_generated_leaf_is_a_server_certificate_not_an_authority(tmp_path):
+    """The leaf is CA:FALSE, digitalSignature only, EKU serverAuth, about two years."""
+    identity = ensure_self_signed(tmp_path, HOST, NOW)
+    leaf = identity.certificate
+    assert extension(leaf, x509.BasicConstraints).value.ca is False
+    usage = extension(leaf, x509.KeyUsage).value
+    assert usage.digital_signature and not usage.key_cert_sign and not usage.crl_sign
+    assert list(extension(leaf, x509.ExtendedKeyUsage).value) == [ExtendedKeyUsageOID.SERVER_AUTH]
+    assert leaf.issuer == ca_of(identity).subject != leaf.subject
+    assert leaf.not_valid_before_utc <= NOW
+    assert leaf.not_valid_after_utc == NOW + VALIDITY
+    assert isinstance(leaf.public_key(), ec.EllipticCurvePublicKey)
+
+
+def test_generated_ca_is_limited_to_the_servers_names(tmp_path):
+    """The CA has pathlen 0, signs certificates only, under critical name constraints."""
+    ca = ca_of(ensure_self_signed(tmp_path, HOST, NOW))
+    constraints = extension(ca, x509.BasicConstraints).value
+    assert (constraints.ca, constraints.path_length) == (True, 0)
+    usage = extension(ca, x509.KeyUsage).value
+    assert usage.key_cert_sign and usage.crl_sign and not usage.digital_signature
+    names = extension(ca, x509.NameConstraints)
+    assert names.critical
+    assert names.value.excluded_subtrees is None
+    assert names.value.permitted_subtrees == [
+        x509.DNSName(HOST),
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_network("127.0.0.1/32")),
+        x509.IPAddress(ipaddress.ip_network("::1/128")),
     ]
 
 
-def test_generated_certificate_is_its_own_authority_for_two_years(tmp_path):
-    """CA:TRUE with keyCertSign lets clients use cert.pem as a CA file; it lasts about two years."""
-    certificate = ensure_self_signed(tmp_path, HOST, NOW).certificate
-    constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value
-    usage = certificate.extensions.get_extension_for_class(x509.KeyUsage).value
-    assert constraints.ca
-    assert usage.digital_signature and usage.key_cert_sign
-    assert certificate.issuer == certificate.subject
-    assert certificate.not_valid_before_utc <= NOW
-    assert certificate.not_valid_after_utc == NOW + VALIDITY
-    assert isinstance(certificate.public_key(), ec.EllipticCurvePublicKey)
+@pytest.mark.parametrize(
+    "name",
+    [x509.DNSName(HOST), x509.DNSName("localhost"), x509.IPAddress(LOOPBACK_V4)],
+    ids=str,
+)
+def test_the_chain_verifies_against_ca_pem(tmp_path, name):
+    """X.509 path validation from ca.pem accepts the leaf for each of its names."""
+    identity = ensure_self_signed(tmp_path, HOST, NOW)
+    assert verify(identity, name) == [identity.certificate, ca_of(identity)]
 
 
-def test_an_ip_literal_hostname_is_an_ip_san(tmp_path):
-    """A hostname that is an address goes into the SAN as an IP, not a DNS name."""
-    certificate = ensure_self_signed(tmp_path, "192.0.2.7", NOW).certificate
-    assert ipaddress.ip_address("192.0.2.7") in san(certificate).get_values_for_type(x509.IPAddress)
+def test_name_constraints_stop_the_ca_vouching_for_other_sites(tmp_path, monkeypatch):
+    """Even with the CA key in hand, a leaf for another site does not verify under ca.pem."""
+    keys = []
+    real = ec.generate_private_key
+
+    def keeping(*args, **kwargs):
+        keys.append(real(*args, **kwargs))
+        return keys[-1]
+
+    monkeypatch.setattr(ec, "generate_private_key", keeping)
+    made = generate_certificate(HOST, NOW)
+    monkeypatch.undo()
+    [ca_key] = [k for k in keys if k.public_key() == made.ca.public_key()]
+    forged_key = ec.generate_private_key(ec.SECP256R1())
+    authority = x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key())
+    forged = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bank.example")]))
+        .issuer_name(made.ca.subject)
+        .public_key(forged_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - timedelta(hours=1))
+        .not_valid_after(NOW + timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("bank.example")]), False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
+        .add_extension(authority, False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    verifier = (
+        PolicyBuilder()
+        .store(Store([made.ca]))
+        .time(NOW)
+        .build_server_verifier(x509.DNSName("bank.example"))
+    )
+    with pytest.raises(VerificationError, match="name constraint"):
+        verifier.verify(forged, [])
 
 
-def test_later_starts_reuse_the_certificate_without_rewriting_it(tmp_path):
+def test_an_ip_literal_hostname_is_an_ip_san_and_constraint(tmp_path):
+    """A hostname that is an address is an IP SAN and a single-address name constraint."""
+    identity = ensure_self_signed(tmp_path, "192.0.2.7", NOW)
+    assert ipaddress.ip_address("192.0.2.7") in san(identity.certificate).get_values_for_type(
+        x509.IPAddress
+    )
+    permitted = extension(ca_of(identity), x509.NameConstraints).value.permitted_subtrees
+    assert x509.IPAddress(ipaddress.ip_network("192.0.2.7/32")) in permitted
+
+
+def test_later_starts_reuse_the_files_without_rewriting_them(tmp_path):
     """A second start reads the same files: same bytes, same modification times."""
     first = ensure_self_signed(tmp_path, HOST, NOW)
-    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (first.cert_path, first.key_path)}
+    before = snapshot(tmp_path)
     again = ensure_self_signed(tmp_path, HOST, NOW + timedelta(days=100))
-    after = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (again.cert_path, again.key_path)}
-    assert after == before
+    assert snapshot(tmp_path) == before
+    assert again.fingerprint_sha256 == first.fingerprint_sha256
+    assert again.ca_path == first.ca_path
+
+
+def test_an_implicit_new_hostname_keeps_the_certificate(tmp_path):
+    """A machine name that changed (as in containers) does not replace what clients trust."""
+    first = ensure_self_signed(tmp_path, "container-1", NOW, hostname_explicit=False)
+    before = snapshot(tmp_path)
+    again = ensure_self_signed(tmp_path, "container-2", NOW, hostname_explicit=False)
+    assert again.fingerprint_sha256 == first.fingerprint_sha256
+    assert snapshot(tmp_path) == before
+
+
+def test_an_explicit_new_hostname_makes_a_new_certificate(tmp_path):
+    """An operator's --hostname missing from the SAN regenerates, naming the new host."""
+    first = ensure_self_signed(tmp_path, HOST, NOW)
+    second = ensure_self_signed(tmp_path, "mx.example.net", NOW, hostname_explicit=True)
+    assert second.fingerprint_sha256 != first.fingerprint_sha256
+    assert "mx.example.net" in san(second.certificate).get_values_for_type(x509.DNSName)
+    assert verify(second, x509.DNSName("mx.example.net"))
+
+
+def test_an_explicit_hostname_already_named_keeps_the_certificate(tmp_path):
+    """An explicit --hostname that the SAN already lists (any case) is no reason to regenerate."""
+    first = ensure_self_signed(tmp_path, HOST, NOW)
+    again = ensure_self_signed(tmp_path, HOST.upper(), NOW, hostname_explicit=True)
     assert again.fingerprint_sha256 == first.fingerprint_sha256
 
 
-def test_a_new_hostname_makes_a_new_certificate(tmp_path):
-    """Changing --hostname regenerates, since the old certificate does not name the new host."""
-    first = ensure_self_signed(tmp_path, HOST, NOW)
-    second = ensure_self_signed(tmp_path, "mx.example.net", NOW)
-    assert second.fingerprint_sha256 != first.fingerprint_sha256
-    assert "mx.example.net" in san(second.certificate).get_values_for_type(x509.DNSName)
-
-
 def test_a_certificate_near_expiry_is_replaced(tmp_path):
-    """Within the renewal margin of notAfter, a fresh certificate is made."""
+    """Within the renewal margin of notAfter, a fresh pair is made."""
     first = ensure_self_signed(tmp_path, HOST, NOW)
     still_fine = NOW + VALIDITY - RENEW_BEFORE - timedelta(days=1)
     assert ensure_self_signed(tmp_path, HOST, still_fine).fingerprint_sha256 == (
@@ -119,30 +247,91 @@ def test_a_certificate_near_expiry_is_replaced(tmp_path):
     assert renewed.certificate.not_valid_after_utc == nearly_expired + VALIDITY
 
 
-@pytest.mark.parametrize("damage", ["missing key", "garbage cert", "key of another cert"])
+@pytest.mark.parametrize(
+    "damage", ["missing key", "garbage cert", "key of another cert", "missing ca", "other ca"]
+)
 def test_a_damaged_pair_is_replaced(tmp_path, damage):
-    """A missing, unreadable or mismatched file is not reused: a new pair is written."""
+    """A missing, unreadable or mismatched file is not reused: a new matching set is written."""
     first = ensure_self_signed(tmp_path, HOST, NOW)
+    other = ensure_self_signed(tmp_path / "other", HOST, NOW)
     if damage == "missing key":
         first.key_path.unlink()
     elif damage == "garbage cert":
         first.cert_path.write_text("not a certificate\n")
+    elif damage == "key of another cert":
+        first.key_path.write_bytes(other.key_path.read_bytes())
+    elif damage == "missing ca":
+        first.ca_path.unlink()
     else:
-        elsewhere = tmp_path / "elsewhere"
-        elsewhere.mkdir()
-        _, other_key = write_pair(elsewhere)
-        first.key_path.write_bytes(other_key.read_bytes())
+        first.ca_path.write_bytes(other.ca_path.read_bytes())
     second = ensure_self_signed(tmp_path, HOST, NOW)
     assert second.fingerprint_sha256 != first.fingerprint_sha256
     assert load_identity(second.cert_path, second.key_path).certificate == second.certificate
+    assert verify(second, x509.DNSName(HOST))
 
 
-def test_fingerprint_is_sha256_in_openssl_form(tmp_path):
-    """The fingerprint is cryptography's SHA-256 digest as colon-separated upper-case hex."""
-    certificate = ensure_self_signed(tmp_path, HOST, NOW).certificate
-    printed = fingerprint_sha256(certificate)
+def test_an_old_self_signed_authority_is_replaced(tmp_path):
+    """A leaf that is itself a CA (as earlier versions made) is not reused."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOST)])
+    old = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - timedelta(hours=1))
+        .not_valid_after(NOW + VALIDITY)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(HOST)]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), True)
+        .sign(key, hashes.SHA256())
+    )
+    pem = old.public_bytes(serialization.Encoding.PEM)
+    (tmp_path / "cert.pem").write_bytes(pem + pem)
+    (tmp_path / "ca.pem").write_bytes(pem)
+    (tmp_path / "key.pem").write_bytes(pem_key(key))
+    identity = ensure_self_signed(tmp_path, HOST, NOW)
+    assert identity.certificate != old
+    assert extension(identity.certificate, x509.BasicConstraints).value.ca is False
+
+
+def test_concurrent_starts_end_with_one_pair_they_all_use(tmp_path):
+    """Four simultaneous first starts agree on one certificate, the one left on disk."""
+    directory = tmp_path / "tls"
+    start = threading.Barrier(4)
+
+    def first_start(_: int):
+        start.wait()
+        return ensure_self_signed(directory, HOST, NOW)
+
+    with ThreadPoolExecutor(4) as pool:
+        identities = list(pool.map(first_start, range(4)))
+    assert len({identity.fingerprint_sha256 for identity in identities}) == 1
+    on_disk = load_identity(directory / "cert.pem", directory / "key.pem")
+    assert on_disk.certificate == identities[0].certificate
+    assert on_disk.chain == (ca_of(identities[0]),)
+    assert sorted(p.name for p in directory.iterdir()) == [".lock", "ca.pem", "cert.pem", "key.pem"]
+
+
+def test_a_loosened_key_is_tightened_to_0600_on_reuse(tmp_path):
+    """mailhost's own key.pem found group/world-readable is set back to 0600 and reused."""
+    first = ensure_self_signed(tmp_path, HOST, NOW)
+    first.key_path.chmod(0o644)
+    again = ensure_self_signed(tmp_path, HOST, NOW)
+    assert again.fingerprint_sha256 == first.fingerprint_sha256
+    assert (again.key_path.stat().st_mode & 0o777) == 0o600
+    assert again.warnings == ()
+
+
+def test_fingerprint_is_the_leafs_sha256_in_openssl_form(tmp_path):
+    """The fingerprint is the leaf's SHA-256 digest as colon-separated upper-case hex."""
+    identity = ensure_self_signed(tmp_path, HOST, NOW)
+    printed = identity.fingerprint_sha256
     assert re.fullmatch(r"([0-9A-F]{2}:){31}[0-9A-F]{2}", printed)
-    assert bytes.fromhex(printed.replace(":", "")) == certificate.fingerprint(hashes.SHA256())
+    assert bytes.fromhex(printed.replace(":", "")) == identity.certificate.fingerprint(
+        hashes.SHA256()
+    )
+    assert printed != fingerprint_sha256(ca_of(identity))
 
 
 def test_given_files_are_loaded_as_they_are(tmp_path):
@@ -150,15 +339,27 @@ def test_given_files_are_loaded_as_they_are(tmp_path):
     cert_path, key_path = write_pair(tmp_path)
     identity = server_identity(cert_path, key_path, tmp_path / "tls", "other.example", NOW)
     assert not identity.generated
+    assert identity.ca_path is None
     assert (identity.cert_path, identity.key_path) == (cert_path, key_path)
     assert identity.certificate == x509.load_pem_x509_certificate(cert_path.read_bytes())
+    assert identity.warnings == ()
     assert not (tmp_path / "tls").exists()
+
+
+def test_a_group_readable_given_key_is_warned_about_not_changed(tmp_path):
+    """An operator's key readable by others gets a warning naming --tls-key; its mode stays."""
+    cert_path, key_path = write_pair(tmp_path)
+    key_path.chmod(0o640)
+    identity = server_identity(cert_path, key_path, tmp_path / "tls", HOST, NOW)
+    [warning] = identity.warnings
+    assert warning.startswith(f"--tls-key {key_path} is readable by group or others (mode 0640)")
+    assert (key_path.stat().st_mode & 0o777) == 0o640
 
 
 def test_a_chain_after_the_leaf_is_kept(tmp_path):
     """Certificates after the first in --tls-cert are the chain sent after the leaf."""
     cert_path, key_path = write_pair(tmp_path)
-    intermediate, _ = generate_self_signed("ca.example", NOW)
+    intermediate = generate_certificate("ca.example", NOW).ca
     with cert_path.open("ab") as f:
         f.write(intermediate.public_bytes(serialization.Encoding.PEM))
     identity = load_identity(cert_path, key_path)
@@ -264,12 +465,13 @@ def server_connection(tmp_path) -> tuple[SSL.Connection, object]:
     return server, identity
 
 
-def test_context_completes_a_verified_handshake_with_python_ssl(tmp_path):
-    """A client trusting cert.pem as its CA verifies the server as localhost and gets TLS 1.2+."""
+@pytest.mark.parametrize("server_name", ["localhost", HOST, "127.0.0.1", "::1"])
+def test_context_completes_a_verified_handshake_with_python_ssl(tmp_path, server_name):
+    """A client trusting only ca.pem verifies the server under each SAN name, with TLS 1.2+."""
     server, identity = server_connection(tmp_path)
-    context = ssl.create_default_context(cafile=str(identity.cert_path))
+    context = ssl.create_default_context(cafile=str(identity.ca_path))
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    client = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    client = context.wrap_bio(incoming, outgoing, server_hostname=server_name)
 
     def step() -> bool:
         try:
@@ -281,6 +483,8 @@ def test_context_completes_a_verified_handshake_with_python_ssl(tmp_path):
     pump(outgoing.read, incoming.write, server, step)
     assert client.version() in ("TLSv1.2", "TLSv1.3")
     assert "GCM" in client.cipher()[0] or "CHACHA20" in client.cipher()[0]
+    served = client.getpeercert(binary_form=True)
+    assert served == identity.certificate.public_bytes(serialization.Encoding.DER)
 
 
 def legacy_client(min_version: int, max_version: int, ciphers: bytes) -> SSL.Connection:
