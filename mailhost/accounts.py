@@ -143,6 +143,11 @@ class AccountFile:
         finally:
             os.close(dir_fd)
 
+    def _remove_abandoned_temp_files(self) -> None:
+        """Temp files of writers that died mid-write (they hold hashes); safe under the lock."""
+        for leftover in self.path.parent.glob(".users.*"):
+            leftover.unlink(missing_ok=True)
+
     def _change(self, name: str, stored: str | None, *, exists: bool) -> None:
         """Rewrite the line of ``name`` (None deletes it), keeping every other line as it was.
 
@@ -150,6 +155,7 @@ class AccountFile:
         stays usable by Dovecot after mailhost edits it.
         """
         with self._locked():
+            self._remove_abandoned_temp_files()
             lines = self._lines()
             index = next(
                 (

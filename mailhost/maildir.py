@@ -1,9 +1,11 @@
 """Durable Maildir storage, and the POP3 view of a Maildir.
 
 Delivery follows the Maildir protocol with the fsyncs that make "250" mean
-"on disk": write ``tmp/<name>``, fsync the file, rename it into ``new/``, fsync
-``new/``. A crash before the rename leaves only a ``tmp/`` file, which no
-reader lists. These functions block; callers run them through ``run_blocking``.
+"on disk": write ``tmp/<name>``, fsync the file, link it into ``new/`` (a link,
+unlike a rename, fails rather than replace a file of the same name), unlink
+the ``tmp/`` name, fsync ``new/``. A crash before the rename leaves only a ``tmp/`` file, which no
+reader lists and :func:`sweep_tmp` removes once it is 36 hours old. These
+functions block; callers run them through ``run_blocking``.
 
 File names are ``<seconds>.M<micro>P<pid>Q<counter>.<host>,S=<size>,W=<size
 with CRLF line ends>`` (Dovecot's fields, so POP3 can list sizes without
@@ -23,6 +25,7 @@ import itertools
 import os
 import re
 import socket
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,19 +73,57 @@ def deliver(maildir: Path, message: bytes) -> str:
     tmp = maildir / "tmp" / name
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        view = memoryview(message)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    os.rename(tmp, maildir / "new" / name)
+        try:
+            view = memoryview(message)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.link(tmp, maildir / "new" / name)
+    finally:
+        os.unlink(tmp)
     _fsync_dir(maildir / "new")
     return name
+
+
+STALE_TMP_AGE = 36 * 3600
+"""Seconds after which a ``tmp/`` file is a leftover (the Maildir convention's 36 hours)."""
+
+
+def sweep_tmp(maildir: Path, now: float, max_age: float = STALE_TMP_AGE) -> list[str]:
+    """Remove ``tmp/`` files untouched for ``max_age`` seconds before ``now``; returns their names.
+
+    A crash between creating ``tmp/<name>`` and the rename into ``new/`` leaves
+    the file behind; no reader lists ``tmp/`` and no 250 was sent for it, so
+    it can only be removed. "Untouched" means atime, mtime and ctime are all
+    older, so a delivery in progress, or a file just copied in with an old
+    mtime, is left alone. ``now`` is wall-clock seconds,
+    the clock file times are in. new/ and cur/ are never touched. A file that
+    cannot be removed raises (OSError); one that vanished meanwhile is skipped.
+    Blocks.
+    """
+    cutoff = now - max_age
+    removed: list[str] = []
+    try:
+        with os.scandir(maildir / "tmp") as scan:
+            entries = list(scan)
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    for entry in entries:
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(st.st_mode) or max(st.st_atime, st.st_mtime, st.st_ctime) >= cutoff:
+            continue
+        try:
+            os.unlink(entry.path)
+        except FileNotFoundError:
+            continue
+        removed.append(entry.name)
+    return removed
 
 
 def deliver_all(maildirs: list[Path], message: bytes) -> list[str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -21,6 +22,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.threadpool import ThreadPool
 
@@ -28,7 +30,8 @@ from mailhost.accounts import AccountFile, Accounts
 from mailhost.blocking import RunBlocking, thread_pool_runner
 from mailhost.clock import ServerClock, utc_from_seconds
 from mailhost.config import DataDir, ServeConfig
-from mailhost.events import EventLog
+from mailhost.events import MAILDIR_TMP_SWEPT, EventLog
+from mailhost.maildir import STALE_TMP_AGE, sweep_tmp
 from mailhost.policy import Role
 from mailhost.pop3 import POP3Factory
 from mailhost.pop_logins import PopLoginTable
@@ -176,6 +179,72 @@ class _PruneService(Service):
             self.loop.stop()
 
 
+def maildirs_of(data: DataDir) -> list[Path]:
+    """Every Maildir under the data directory: one per account, and the outbox. Blocks."""
+    mail = data.root / "mail"
+    found = sorted(p for p in mail.iterdir() if p.is_dir()) if mail.is_dir() else []
+    return [*found, data.outbox] if data.outbox.is_dir() else found
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    removed: dict[str, int]
+    """Maildir → how many stale tmp/ files were removed from it."""
+    failed: dict[str, str]
+    """Maildir → why its tmp/ could not be swept."""
+
+
+def sweep_stale_deliveries(
+    data: DataDir, now: float, max_age: float = STALE_TMP_AGE
+) -> SweepResult:
+    """Blocking: :func:`sweep_tmp` over every Maildir; one that fails does not stop the rest."""
+    removed: dict[str, int] = {}
+    failed: dict[str, str] = {}
+    for path in maildirs_of(data):
+        try:
+            names = sweep_tmp(path, now, max_age)
+        except OSError as e:
+            failed[str(path)] = e.strerror or str(e)
+            continue
+        if names:
+            removed[str(path)] = len(names)
+    return SweepResult(removed, failed)
+
+
+class _TmpSweepService(Service):
+    """Once at start-up, removes tmp/ files that interrupted deliveries left behind.
+
+    It runs on the thread pool and nothing waits for it: listeners bind and
+    ``ready`` fires regardless. File times are wall-clock, so the cutoff is the
+    reactor's time, not the server clock (which ``--now`` may have moved).
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, provider: Provider) -> None:
+        self.reactor = reactor
+        self.provider = provider
+
+    def startService(self) -> None:
+        super().startService()
+        d = self.provider.run_blocking(
+            sweep_stale_deliveries, self.provider.data, self.reactor.seconds()
+        )
+        d.addCallback(self._report)
+        d.addErrback(lambda f: self.log.failure("sweeping stale tmp/ files failed", f))
+
+    def _report(self, result: SweepResult) -> SweepResult:
+        if result.removed or result.failed:
+            self.provider.events.emit(
+                MAILDIR_TMP_SWEPT,
+                self.provider.now(),
+                removed=sum(result.removed.values()),
+                maildirs=result.removed,
+                failed=result.failed or None,
+            )
+        return result
+
+
 class MailhostService(MultiService):
     """The whole provider: thread pool, shared state, and the listeners."""
 
@@ -191,6 +260,8 @@ class MailhostService(MultiService):
             config, clock, thread_pool_runner(reactor, pool), tls_options
         )
         _PruneService(reactor, self.provider).setServiceParent(self)
+        self.tmp_sweep = _TmpSweepService(reactor, self.provider)
+        self.tmp_sweep.setServiceParent(self)
         listeners = [
             _Listener("smtp", SMTPFactory(self.provider, Role.MX), config.listeners.smtp),
             _Listener(
@@ -243,6 +314,7 @@ class MailhostService(MultiService):
             "domains": sorted(self.provider.local_domains()),
             "tls": {
                 "cert": str(self.tls.cert_path.absolute()),
+                "ca": str(self.tls.ca_path.absolute()) if self.tls.ca_path else None,
                 "fingerprint_sha256": self.tls.fingerprint_sha256,
             },
         }

@@ -371,3 +371,12 @@ def test_unknown_users_cost_as_much_as_the_usual_account(users: AccountFile, mon
     costs = _count_bcrypt_checks(monkeypatch)
     assert isinstance(_check(users, b"nobody@example.org", b"pw"), Failure)
     assert costs == [b"04"]
+
+
+def test_a_change_removes_temp_files_left_by_a_killed_writer(users: AccountFile):
+    """A writer killed mid-write leaves .users.* (with hashes); the next change removes it."""
+    leftover = users.path.parent / ".users.abandoned"
+    leftover.write_text("alice@example.org:{BLF-CRYPT}$2b$04$half")
+    users.add("bob@example.org", "bob-secret", cost=COST)
+    assert not leftover.exists()
+    assert set(users.read()) == {ALICE, "bob@example.org"}

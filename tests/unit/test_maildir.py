@@ -280,25 +280,41 @@ def test_lock_excludes_another_process(tmp_path: Path) -> None:
     assert (held.stdout.strip(), freed.stdout.strip()) == ("True", "False")
 
 
-def test_delivery_fsyncs_file_then_renames_then_fsyncs_directory(tmp_path, monkeypatch):
-    """A 250 may follow deliver(): the file is fsync'd, renamed into new/, and new/ fsync'd."""
+def test_delivery_fsyncs_file_then_links_then_fsyncs_directory(tmp_path, monkeypatch):
+    """A 250 may follow deliver(): the file is fsync'd, linked into new/, and new/ fsync'd."""
     box = maildir.ensure_maildir(tmp_path / "box")
     steps: list[str] = []
-    real_fsync, real_rename = os.fsync, os.rename
+    real_fsync, real_link, real_unlink = os.fsync, os.link, os.unlink
 
     def fsync(fd: int) -> None:
         target = os.readlink(f"/proc/self/fd/{fd}")
         steps.append("fsync dir " + Path(target).name if os.path.isdir(target) else "fsync file")
         real_fsync(fd)
 
-    def rename(src, dst) -> None:
-        steps.append(f"rename {Path(src).parent.name}->{Path(dst).parent.name}")
-        real_rename(src, dst)
+    def link(src, dst) -> None:
+        steps.append(f"link {Path(src).parent.name}->{Path(dst).parent.name}")
+        real_link(src, dst)
+
+    def unlink(path, *args, **kwargs) -> None:
+        steps.append(f"unlink {Path(path).parent.name}")
+        real_unlink(path, *args, **kwargs)
 
     monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(os, "rename", rename)
+    monkeypatch.setattr(os, "link", link)
+    monkeypatch.setattr(os, "unlink", unlink)
     deliver(box, b"Subject: x\n\nbody\n")
-    assert steps == ["fsync file", "rename tmp->new", "fsync dir new"]
+    assert steps == ["fsync file", "link tmp->new", "unlink tmp", "fsync dir new"]
+
+
+def test_delivery_never_replaces_a_message_of_the_same_name(tmp_path, monkeypatch):
+    """Should a name repeat (clock stepped back, PID reused), delivery fails, losing nothing."""
+    box = maildir.ensure_maildir(tmp_path / "box")
+    monkeypatch.setattr(maildir, "unique_name", lambda: "1.M000001P1Q1.host")
+    first = deliver(box, b"first\n")
+    with pytest.raises(FileExistsError):
+        deliver(box, b"other\n")
+    assert (box / "new" / first).read_bytes() == b"first\n"
+    assert list((box / "tmp").iterdir()) == []
 
 
 def test_first_delivery_makes_new_directories_durable(tmp_path, monkeypatch):
@@ -310,3 +326,77 @@ def test_first_delivery_makes_new_directories_durable(tmp_path, monkeypatch):
     synced.clear()
     maildir.ensure_maildir(tmp_path / "mail" / "alice@example.org")
     assert synced == []
+
+
+HOURS = 3600.0
+
+
+def _aged(box: Path, subdir: str, name: str, age: float, now: float) -> Path:
+    """A file whose atime and mtime are ``age`` seconds before ``now`` (ctime is the real now)."""
+    path = _put(box, subdir, name)
+    os.utime(path, (now - age, now - age))
+    return path
+
+
+def test_sweep_removes_only_tmp_files_older_than_the_threshold(tmp_path: Path) -> None:
+    """Leftovers of interrupted deliveries go after 36 hours; fresher ones may still be written."""
+    box = tmp_path / "box"
+    now = os.stat(_put(box, "tmp", "probe")).st_ctime + 40 * HOURS
+    os.unlink(box / "tmp" / "probe")
+    _aged(box, "tmp", "1.stale", 37 * HOURS, now)
+    _aged(box, "tmp", "2.fresh", 1 * HOURS, now)
+    assert maildir.sweep_tmp(box, now=now, max_age=36 * HOURS) == ["1.stale"]
+    assert sorted(p.name for p in (box / "tmp").iterdir()) == ["2.fresh"]
+
+
+def test_sweep_never_touches_new_or_cur(tmp_path: Path) -> None:
+    """Only tmp/ holds leftovers; new/ and cur/ hold delivered mail, however old."""
+    box = tmp_path / "box"
+    now = os.stat(ensure_maildir(box) / "new").st_ctime + 100 * HOURS
+    kept = [
+        _aged(box, "new", "1.old", 99 * HOURS, now),
+        _aged(box, "cur", "2.old:2,S", 99 * HOURS, now),
+    ]
+    assert maildir.sweep_tmp(box, now=now) == []
+    assert all(path.exists() for path in kept)
+
+
+def test_sweep_waits_for_every_file_time(tmp_path: Path) -> None:
+    """A file with an old mtime but a recent ctime (just copied in, say) is not yet stale."""
+    box = tmp_path / "box"
+    real_now = os.stat(_put(box, "tmp", "1.copied")).st_ctime
+    os.utime(box / "tmp" / "1.copied", (real_now - 99 * HOURS, real_now - 99 * HOURS))
+    assert maildir.sweep_tmp(box, now=real_now) == []
+    assert maildir.sweep_tmp(box, now=real_now + 36 * HOURS + 60) == ["1.copied"]
+
+
+def test_sweep_default_threshold_is_36_hours(tmp_path: Path) -> None:
+    """The Maildir convention's 36 hours, measured from the newest file time."""
+    box = tmp_path / "box"
+    ctime = os.stat(_put(box, "tmp", "1.left")).st_ctime
+    newest = max(ctime, os.stat(box / "tmp" / "1.left").st_mtime)
+    assert maildir.sweep_tmp(box, now=newest + 36 * HOURS - 1) == []
+    assert maildir.sweep_tmp(box, now=newest + 36 * HOURS + 1) == ["1.left"]
+
+
+def test_sweep_skips_directories_and_missing_maildirs(tmp_path: Path) -> None:
+    """Only regular files are removed; a Maildir without tmp/ has nothing to sweep."""
+    box = ensure_maildir(tmp_path / "box")
+    (box / "tmp" / "sub").mkdir()
+    now = os.stat(box / "tmp" / "sub").st_ctime + 99 * HOURS
+    assert maildir.sweep_tmp(box, now=now) == []
+    assert (box / "tmp" / "sub").is_dir()
+    assert maildir.sweep_tmp(tmp_path / "absent", now=now) == []
+
+
+def test_sweep_leaves_a_delivery_in_progress_alone(tmp_path: Path) -> None:
+    """A tmp/ file being written now is younger than any threshold, so delivery never races it."""
+    box = ensure_maildir(tmp_path / "box")
+    fd = os.open(box / "tmp" / "1.writing", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, b"Subject: half")
+        now = os.fstat(fd).st_ctime
+        assert maildir.sweep_tmp(box, now=now) == []
+    finally:
+        os.close(fd)
+    assert (box / "tmp" / "1.writing").exists()

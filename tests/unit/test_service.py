@@ -2,26 +2,36 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from datetime import timedelta
 
+import pytest
 from twisted.internet.error import CannotListenError
 from twisted.internet.testing import MemoryReactorClock
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.threadpool import ThreadPool
 
-from mailhost.blocking import thread_pool_runner
-from mailhost.config import Listeners, ServeConfig
+from mailhost import service as service_module
+from mailhost.blocking import run_inline, thread_pool_runner
+from mailhost.config import DataDir, Listeners, ServeConfig
+from mailhost.events import MAILDIR_TMP_SWEPT
 from mailhost.policy import Role, Schemes
 from mailhost.pop3 import POP3Factory
 from mailhost.schedule import Schedule
 from mailhost.service import PRUNE_INTERVAL, ListenError, MailhostService, endpoint_description
 from mailhost.smtp import SMTPFactory
-from mailhost.testing import DEFAULT_START
+from mailhost.testing import DEFAULT_START, QueuedRunBlocking
 from mailhost.throttle import ThrottleSettings
 from mailhost.tls import fingerprint_sha256
 
 LISTENERS = Listeners(smtp=2525, submission=2587, pop3=2110, smtps=2465, pop3s=2995)
+
+
+@pytest.fixture(autouse=True)
+def inline_blocking(monkeypatch):
+    """A memory reactor has no callFromThread, so blocking work (the start-up sweep) runs inline."""
+    monkeypatch.setattr(service_module, "thread_pool_runner", lambda reactor, pool: run_inline)
 
 
 def start(tmp_path, reactor, **overrides):
@@ -188,3 +198,87 @@ def test_endpoint_description_escapes_ipv6_hosts():
     """An IPv6 listen address has its colons escaped for serverFromString."""
     assert endpoint_description("::1", 25) == r"tcp:port=25:interface=\:\:1"
     assert endpoint_description("127.0.0.1", 0) == "tcp:port=0:interface=127.0.0.1"
+
+
+def _leftovers(root):
+    """Two stale tmp/ files (an account's, the outbox's), one fresh, one delivered; and a now."""
+    from mailhost.maildir import ensure_maildir
+
+    paths = {}
+    for key, box, sub in [
+        ("stale", root / "mail" / "alice@example.org", "tmp"),
+        ("outbox", root / "outbox", "tmp"),
+        ("fresh", root / "mail" / "bob@example.org", "tmp"),
+        ("delivered", root / "mail" / "alice@example.org", "new"),
+    ]:
+        paths[key] = ensure_maildir(box) / sub / f"1.{key}"
+        paths[key].write_bytes(b"Subject: x\n\n")
+    now = max(os.stat(p).st_ctime for p in paths.values()) + 40 * 3600
+    for key in ("stale", "outbox", "delivered"):
+        os.utime(paths[key], (now - 37 * 3600, now - 37 * 3600))
+    os.utime(paths["fresh"], (now - 3600, now - 3600))
+    return paths, now
+
+
+def test_start_up_sweeps_stale_tmp_files_and_reports_them(tmp_path):
+    """Start-up removes tmp/ leftovers older than 36 h by wall-clock time, not the --now clock."""
+    paths, now = _leftovers(tmp_path)
+    reactor = MemoryReactorClock()
+    reactor.advance(now)
+    service = start(tmp_path, reactor)
+    assert {key: path.exists() for key, path in paths.items()} == {
+        "stale": False,
+        "outbox": False,
+        "fresh": True,
+        "delivered": True,
+    }
+    [event] = service.provider.events.recent(MAILDIR_TMP_SWEPT)
+    assert event["removed"] == 2
+    assert event["maildirs"] == {
+        str(tmp_path / "mail" / "alice@example.org"): 1,
+        str(tmp_path / "outbox"): 1,
+    }
+    service.stopService()
+
+
+def test_start_up_sweep_is_silent_when_nothing_is_stale(tmp_path):
+    """No leftovers, no event: the log only records sweeps that removed something."""
+    reactor = MemoryReactorClock()
+    service = start(tmp_path, reactor)
+    assert service.provider.events.recent(MAILDIR_TMP_SWEPT) == []
+    service.stopService()
+
+
+def test_start_up_sweep_runs_off_the_reactor_and_does_not_delay_ready(tmp_path, monkeypatch):
+    """The sweep waits in the blocking pool while the listeners are already ready."""
+    paths, now = _leftovers(tmp_path)
+    queued = QueuedRunBlocking()
+    monkeypatch.setattr(service_module, "thread_pool_runner", lambda reactor, pool: queued)
+    reactor = MemoryReactorClock()
+    reactor.advance(now)
+    service = start(tmp_path, reactor)
+    ports: list = []
+    service.ready.addCallback(ports.append)
+    assert ports and paths["stale"].exists()
+    assert [f for _, f, _ in queued.queue] == [service_module.sweep_stale_deliveries]
+    queued.run_all()
+    assert not paths["stale"].exists()
+    assert service.provider.events.recent(MAILDIR_TMP_SWEPT)[0]["removed"] == 2
+    service.stopService()
+
+
+def test_sweep_carries_on_past_a_maildir_it_cannot_read(tmp_path, monkeypatch):
+    """One unreadable tmp/ is reported as failed; the other Maildirs are still swept."""
+    paths, now = _leftovers(tmp_path)
+    real_sweep = service_module.sweep_tmp
+
+    def sweep(path, now, max_age):
+        if path.name == "outbox":
+            raise PermissionError(13, "Permission denied")
+        return real_sweep(path, now, max_age)
+
+    monkeypatch.setattr(service_module, "sweep_tmp", sweep)
+    result = service_module.sweep_stale_deliveries(DataDir(tmp_path), now)
+    assert result.removed == {str(tmp_path / "mail" / "alice@example.org"): 1}
+    assert result.failed == {str(tmp_path / "outbox"): "Permission denied"}
+    assert paths["outbox"].exists() and not paths["stale"].exists()
