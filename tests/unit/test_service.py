@@ -109,12 +109,13 @@ def test_enforce_sender_reaches_the_provider_schemes(tmp_path):
 
 
 def test_ready_report_names_the_certificate_and_its_fingerprint(tmp_path):
-    """The ready line says where the certificate is and its SHA-256 fingerprint."""
+    """The ready line says where the certificate and its CA are, and the leaf's fingerprint."""
     reactor = MemoryReactorClock()
     service = start(tmp_path, reactor)
     report = service.ready_report({"smtp": 2525})
     assert report["tls"] == {
         "cert": str((tmp_path / "tls" / "cert.pem").absolute()),
+        "ca": str((tmp_path / "tls" / "ca.pem").absolute()),
         "fingerprint_sha256": fingerprint_sha256(service.tls.certificate),
     }
     service.stopService()
