@@ -44,3 +44,9 @@ interop-clients:
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis
+
+# Soak/load benchmark: its own server on ephemeral loopback ports, 200 connections for 60 s;
+# a table on stdout and JSON in bench/results/ (see bench/README.md).
+.PHONY: soak
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py
