@@ -36,6 +36,8 @@ class Provider:
     events: EventLog
     schemes: Schemes
     run_blocking: RunBlocking
+    run_hashing: RunBlocking | None = None
+    """Where bcrypt runs; ``run_blocking`` when not given."""
     limits: Limits = field(default_factory=Limits)
     hostname: str = "localhost"
     configured_domains: tuple[str, ...] = ()
@@ -74,7 +76,7 @@ class Provider:
         return d.addBoth(done)
 
     def checker(self) -> BcryptChecker:
-        return BcryptChecker(self.accounts, self.run_blocking)
+        return BcryptChecker(self.accounts, self.run_hashing or self.run_blocking)
 
     def portal(self, realm: object) -> Portal:
         return Portal(realm, [self.checker()])

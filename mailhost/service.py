@@ -11,6 +11,7 @@ The reactor is a parameter throughout; only the CLI and tests choose one.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -41,6 +42,11 @@ from mailhost.throttle import AuthThrottle
 from mailhost.tls import TLSIdentity, server_identity
 
 PRUNE_INTERVAL = 60.0
+STORAGE_THREADS = 8
+"""fsync-bound Maildir work waits on the disk, not the CPU, so it can overlap widely."""
+HASHING_THREADS = max(2, os.cpu_count() or 2)
+"""bcrypt is CPU-bound: one thread per core; its own pool, so a login storm never
+queues a delivery's fsync (or a POP3 QUIT) behind password checks."""
 LISTENER_FLAGS = {
     "smtp": "--smtp-port",
     "submission": "--submission-port",
@@ -81,6 +87,7 @@ def build_provider(
     clock: ServerClock,
     run_blocking: RunBlocking,
     tls_options: Any = None,
+    run_hashing: RunBlocking | None = None,
 ) -> Provider:
     data = DataDir(config.data_dir)
     data.root.mkdir(parents=True, exist_ok=True)
@@ -92,6 +99,7 @@ def build_provider(
         events=EventLog(data.events),
         schemes=config.schemes,
         run_blocking=run_blocking,
+        run_hashing=run_hashing,
         limits=config.limits,
         hostname=config.hostname,
         configured_domains=config.domains,
@@ -253,11 +261,17 @@ class MailhostService(MultiService):
         self.config = config
         self.tls = tls if tls is not None else build_tls_identity(config, reactor)
         tls_options = self.tls.server_options()
-        pool = ThreadPool(minthreads=0, maxthreads=4, name="mailhost-blocking")
-        _ThreadPoolService(pool).setServiceParent(self)
+        storage_pool = ThreadPool(minthreads=0, maxthreads=STORAGE_THREADS, name="mailhost-storage")
+        hashing_pool = ThreadPool(minthreads=0, maxthreads=HASHING_THREADS, name="mailhost-bcrypt")
+        for pool in (storage_pool, hashing_pool):
+            _ThreadPoolService(pool).setServiceParent(self)
         clock = ServerClock(reactor, start=config.now)
         self.provider = build_provider(
-            config, clock, thread_pool_runner(reactor, pool), tls_options
+            config,
+            clock,
+            thread_pool_runner(reactor, storage_pool),
+            tls_options,
+            run_hashing=thread_pool_runner(reactor, hashing_pool),
         )
         _PruneService(reactor, self.provider).setServiceParent(self)
         self.tmp_sweep = _TmpSweepService(reactor, self.provider)

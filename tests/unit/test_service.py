@@ -283,3 +283,19 @@ def test_sweep_carries_on_past_a_maildir_it_cannot_read(tmp_path, monkeypatch):
     assert result.removed == {str(tmp_path / "mail" / "alice@example.org"): 1}
     assert result.failed == {str(tmp_path / "outbox"): "Permission denied"}
     assert paths["outbox"].exists() and not paths["stale"].exists()
+
+
+def test_bcrypt_and_storage_run_on_separate_pools(tmp_path, monkeypatch):
+    """Password checks get their own pool, so a login storm cannot queue fsyncs behind bcrypt."""
+    runners = {}
+
+    def runner_for(reactor, pool):
+        runners[pool.name] = lambda f, *args: run_inline(f, *args)
+        return runners[pool.name]
+
+    monkeypatch.setattr(service_module, "thread_pool_runner", runner_for)
+    service = start(tmp_path, MemoryReactorClock())
+    assert set(runners) == {"mailhost-storage", "mailhost-bcrypt"}
+    assert service.provider.run_blocking is runners["mailhost-storage"]
+    assert service.provider.checker().run_blocking is runners["mailhost-bcrypt"]
+    service.stopService()
