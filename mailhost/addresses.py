@@ -55,12 +55,14 @@ def check_domain(domain: str) -> str:
             raise AddressError("unterminated address literal")
         inner = domain[1:-1]
         try:
+            if "%" in inner:
+                raise ValueError("zone IDs are not part of RFC 5321 address literals")
             if inner[:5].lower() == "ipv6:":
                 ipaddress.IPv6Address(inner[5:])
                 return "[IPv6:" + inner[5:].lower() + "]"
             ipaddress.IPv4Address(inner)
         except ValueError:
-            raise AddressError(f"bad address literal {domain}") from None
+            raise AddressError(f"bad address literal {domain!r}") from None
         return domain
     if not _DOMAIN.match(domain):
         raise AddressError(f"bad domain {domain!r}")

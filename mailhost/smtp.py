@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -190,6 +191,14 @@ class MessageReader:
         return bytes(self.body)
 
 
+_UNPRINTABLE = re.compile(r"[^\t\x20-\x7e]")
+
+
+def printable(text: str) -> str:
+    """Text safe inside a reply line: a CR, LF or control byte from a client becomes '?'."""
+    return _UNPRINTABLE.sub("?", text)
+
+
 def throttled_text(retry_after: timedelta) -> str:
     """The 454 text for a throttled address, with whole seconds rounded up (never "0 s")."""
     seconds = max(1, math.ceil(retry_after.total_seconds()))
@@ -271,8 +280,9 @@ class SMTPServer(LineProtocol):
         )
 
     def reply(self, code: int, enhanced: str | None, text: str) -> None:
+        """One reply line; client text echoed in it is reduced to printable ASCII."""
         status = f"{code} {enhanced}" if enhanced else str(code)
-        self.write_line(f"{status} {text}".encode("ascii", "replace"))
+        self.write_line(f"{status} {printable(text)}".encode("ascii"))
 
     def refuse(self, refusal: Refusal) -> None:
         self.reply(refusal.code, refusal.enhanced, refusal.text)
