@@ -413,3 +413,12 @@ def test_openssl_tls_1_1_is_refused(server, listener, starttls):
     result = s_client(server, listener, *starttls, "-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0")
     assert result.returncode != 0
     assert "alert protocol version" in result.stderr
+
+
+def test_the_served_chain_file_also_works_as_a_cafile(server):
+    """Python's default context given cert.pem (leaf then CA) verifies too: the CA is in it."""
+    context = ssl.create_default_context(cafile=str(server.ca.parent / "cert.pem"))
+    with smtplib.SMTP_SSL(
+        HOST, server.ports["smtps"], context=context, timeout=CLIENT_TIMEOUT
+    ) as c:
+        assert c.noop()[0] == 250
