@@ -299,6 +299,41 @@ def machine_hostname() -> str:
     help="Connections from one client address over all listeners.",
 )
 @click.option(
+    "--max-recipients",
+    default="100",
+    show_default=True,
+    callback=_parsed(parse_positive, "a number of recipients greater than zero"),
+    help="Recipients per message; the next gets 452 4.5.3.",
+)
+@click.option(
+    "--max-bad-commands",
+    default="20",
+    show_default=True,
+    callback=_parsed(parse_positive, "a number of commands greater than zero"),
+    help="Unknown or malformed commands per session before 421 / -ERR and close.",
+)
+@click.option(
+    "--smtp-idle-timeout",
+    default="5m",
+    show_default=True,
+    callback=_parsed(parse_duration),
+    help="SMTP idle time before 421 4.4.2 (RFC 5321: at least 5 minutes).",
+)
+@click.option(
+    "--pop3-idle-timeout",
+    default="10m",
+    show_default=True,
+    callback=_parsed(parse_duration),
+    help="POP3 idle time before autologout (RFC 1939: at least 10 minutes).",
+)
+@click.option(
+    "--max-data-time",
+    default="10m",
+    show_default=True,
+    callback=_parsed(parse_duration),
+    help="Total time one DATA phase may take before 421 4.4.2.",
+)
+@click.option(
     "--hostname",
     default=None,
     callback=_parsed(parse_hostname),
@@ -331,6 +366,11 @@ def serve(
     max_message_size: int,
     max_connections: int,
     max_connections_per_ip: int,
+    max_recipients: int,
+    max_bad_commands: int,
+    smtp_idle_timeout: Any,
+    pop3_idle_timeout: Any,
+    max_data_time: Any,
     hostname: str | None,
     demo_accounts: bool,
 ) -> None:
@@ -356,6 +396,11 @@ def serve(
             max_message_size=max_message_size,
             max_connections=max_connections,
             max_connections_per_ip=max_connections_per_ip,
+            max_recipients=max_recipients,
+            max_bad_commands=max_bad_commands,
+            smtp_idle_timeout=smtp_idle_timeout.total_seconds(),
+            pop3_idle_timeout=pop3_idle_timeout.total_seconds(),
+            max_data_seconds=max_data_time.total_seconds(),
         ),
         hostname=hostname or machine_hostname(),
         tls=tls_config,

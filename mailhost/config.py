@@ -184,6 +184,10 @@ class Limits:
 
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     """SIZE advertised in EHLO and enforced with 552 5.3.4 (RFC 1870)."""
+    max_command_line: int = 512
+    """RFC 5321 §4.5.3.1.4 and RFC 2449 §4: command line octets, CRLF included."""
+    max_text_line: int = 1000
+    """RFC 5321 §4.5.3.1.6: message text line octets, CRLF included."""
     max_recipients: int = 100
     """RFC 5321 §4.5.3.1.8: at least 100 must be accepted; the next gets 452 4.5.3."""
     smtp_idle_timeout: float = 300.0

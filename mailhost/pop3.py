@@ -56,7 +56,6 @@ CAPABILITIES = (
 )
 PASSWORD_CAPABILITIES = frozenset({b"USER", b"SASL PLAIN"})
 SASL_MECHANISMS = (b"PLAIN",)
-MAX_LINE_LENGTH = 512
 
 AUTH_FAILED = b"-ERR [AUTH] Authentication failed"
 IN_USE = b"-ERR [IN-USE] Mailbox is locked by another POP3 session"
@@ -178,10 +177,10 @@ class POP3Server(LineProtocol):
     :class:`LineProtocol` holds back pipelined commands until it has answered.
     """
 
-    max_line_length = MAX_LINE_LENGTH
 
     def __init__(self, provider: Provider, portal: Portal) -> None:
         self.provider = provider
+        self.max_line_length = provider.limits.max_command_line
         self.portal = portal
         self.callLater = provider.clock.reactor_time.callLater
         self.maildrop: Maildrop | None = None

@@ -49,7 +49,6 @@ from mailhost.lines import LineProtocol
 from mailhost.provider import Provider
 from mailhost.schedule import format_instant
 
-MAX_COMMAND_LINE = 512
 MAX_SASL_LINE = 12288
 MAX_TEXT_LINE = 1000
 
@@ -155,6 +154,7 @@ class MessageReader:
     """
 
     max_size: int
+    max_line: int = MAX_TEXT_LINE
     body: bytearray = field(default_factory=bytearray)
     size: int = 0
     too_big: bool = False
@@ -167,7 +167,7 @@ class MessageReader:
             return True
         self.size += len(text) + 2
         longest = max(map(len, text.split(b"\n"))) if b"\n" in text else len(text)
-        if longest + 2 > MAX_TEXT_LINE:
+        if longest + 2 > self.max_line:
             self.long_line = True
         if self.size > self.max_size:
             self.too_big = True
@@ -319,7 +319,7 @@ class SMTPServer(LineProtocol):
         text = line.decode("latin-1")
         verb, _, argument = text.partition(" ")
         verb = verb.upper()
-        if verb != "AUTH" and len(line) + 2 > MAX_COMMAND_LINE:
+        if verb != "AUTH" and len(line) + 2 > self.provider.limits.max_command_line:
             self.bad_command(500, "5.5.2", "Line too long")
             return None
         handler = self._commands.get(verb)
@@ -478,7 +478,8 @@ class SMTPServer(LineProtocol):
         if argument.strip():
             self.bad_command(501, "5.5.4", "Syntax: DATA (no arguments)")
             return
-        self._message = MessageReader(self.provider.limits.max_message_size)
+        limits = self.provider.limits
+        self._message = MessageReader(limits.max_message_size, limits.max_text_line)
         self.bare_lf_ends_line = False
         self._data_timer = self.callLater(
             self.provider.limits.max_data_seconds, self._data_too_slow
@@ -532,7 +533,8 @@ class SMTPServer(LineProtocol):
             self.reply(552, "5.3.4", f"message exceeds fixed maximum of {limit} octets")
             return None
         if message.long_line:
-            self.reply(554, "5.6.0", f"message has a line longer than {MAX_TEXT_LINE} octets")
+            limit = self.provider.limits.max_text_line
+            self.reply(554, "5.6.0", f"message has a line longer than {limit} octets")
             return None
         self.setTimeout(None)
         d = delivery.store(

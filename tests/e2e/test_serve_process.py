@@ -194,3 +194,24 @@ def test_swaks_auth_relay_on_submission(serve_process, tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert len(list((data / "outbox" / "new").iterdir())) == 1
+
+
+def test_limit_flags_reach_the_running_server(serve_process, tmp_path):
+    """--max-recipients and --max-bad-commands set the limits a client meets."""
+    server = serve_process(
+        "--data",
+        str(make_data(tmp_path)),
+        *EPHEMERAL,
+        "--max-recipients",
+        "1",
+        "--max-bad-commands",
+        "2",
+    )
+    with smtplib.SMTP(HOST, server.ports["smtp"]) as client:
+        client.ehlo("limits.example")
+        client.mail("someone@elsewhere.example")
+        assert client.rcpt("alice@example.org")[0] == 250
+        assert client.rcpt("alice@example.org")[:2] == (452, b"4.5.3 Error: too many recipients")
+        assert client.docmd("BOGUS")[0] == 500
+        assert client.docmd("BOGUS")[0] == 500
+        assert client.docmd("BOGUS")[0] == 421
