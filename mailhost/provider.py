@@ -22,6 +22,7 @@ from mailhost.clock import ServerClock
 from mailhost.config import DataDir, Limits
 from mailhost.connections import ConnectionLimiter
 from mailhost.events import EventLog
+from mailhost.faults import FaultRegistry
 from mailhost.policy import Schemes
 from mailhost.pop_logins import PopLoginTable
 from mailhost.throttle import AuthThrottle
@@ -46,6 +47,7 @@ class Provider:
     allow_plaintext_auth: bool = False
     """Accept passwords without TLS from non-loopback peers too."""
     throttle: AuthThrottle = field(default_factory=AuthThrottle)
+    faults: FaultRegistry = field(default_factory=FaultRegistry)
     connections: ConnectionLimiter | None = None
     """Shared by every listener; made from ``limits`` when not given."""
 

@@ -13,6 +13,7 @@ LEVEL_0 = [
     "mailhost.throttle",
     "mailhost.connections",
     "mailhost.sasl",
+    "mailhost.faults",
 ]
 
 
