@@ -146,7 +146,11 @@ def _scheme_state(scheme: str, schedule: Schedule, now: datetime) -> str | None:
 
 
 def explain_refusal(request: Request, schemes: Schemes, grant: Grant | None, now: datetime) -> str:
-    """Which scheme would have allowed this, and why none did."""
+    """Which scheme would have allowed this, and why none did.
+
+    The text goes to whoever is connected, possibly a stranger behind the same
+    address, so it never names the account that logged in (the event log does).
+    """
     ip = request.peer_ip
     window = _seconds(schemes.pop_window)
     would: list[str] = []
