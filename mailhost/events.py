@@ -22,6 +22,7 @@ SMTP_AUTH = "smtp-auth"
 SMTP_AUTH_FAILED = "smtp-auth-failed"
 SMTP_DECISION = "smtp-decision"
 MESSAGE_STORED = "message-stored"
+FAULT_APPLIED = "fault-applied"
 MAILDIR_TMP_SWEPT = "maildir-tmp-swept"
 
 DEFAULT_MAX_EVENTS = 10_000

@@ -39,6 +39,7 @@ from twisted.python import failure, log
 from zope.interface import Interface, implementer
 
 from mailhost import events, policy, sasl
+from mailhost.faults import Fault
 from mailhost.lines import LineProtocol
 from mailhost.maildir import POP3_LOCKS, MailboxInUse, MailboxLocks, PopMailbox, PopMessage
 from mailhost.provider import Provider
@@ -65,6 +66,7 @@ PLAINTEXT_DISALLOWED = (
 )
 THROTTLED = b"-ERR [SYS/TEMP] Too many failed logins from your address; try again later"
 NO_SUCH_MESSAGE = b"-ERR No such message"
+FAULT_TEXT = "[SYS/TEMP] Fault injected"
 
 
 class IPopMailbox(Interface):
@@ -177,7 +179,6 @@ class POP3Server(LineProtocol):
     :class:`LineProtocol` holds back pipelined commands until it has answered.
     """
 
-
     def __init__(self, provider: Provider, portal: Portal) -> None:
         self.provider = provider
         self.max_line_length = provider.limits.max_command_line
@@ -242,9 +243,62 @@ class POP3Server(LineProtocol):
         handler: Callable[[bytes], defer.Deferred | None] = getattr(
             self, "do_" + keyword.decode("ascii")
         )
-        result = handler(argument)
+        fault = self.provider.faults.take("pop3", keyword.decode("ascii"))
+        if fault is not None:
+            result = self._apply_fault(fault, keyword, handler, argument)
+        else:
+            result = handler(argument)
         # Closed already (QUIT done inline): there is no input left to hold back.
         return None if self._closed else result
+
+    def _apply_fault(
+        self,
+        fault: Fault,
+        keyword: bytes,
+        handler: Callable[[bytes], defer.Deferred | None],
+        argument: bytes,
+    ) -> defer.Deferred | None:
+        """Do what a test asked for instead of (or before) handling the command.
+
+        Only commands valid in the current state get here, so a fault is not
+        used up by a command the session would have refused anyway. A drop
+        closes without UPDATE: even on QUIT nothing marked is deleted.
+        """
+        self.provider.events.emit(
+            events.FAULT_APPLIED,
+            self.provider.now(),
+            protocol="pop3",
+            command=keyword.decode("ascii"),
+            action=fault.action,
+            fault_id=fault.id,
+            ip=self._peer_ip(),
+        )
+        if fault.action == "reply":
+            self.write_line(b"-ERR " + (fault.text or FAULT_TEXT).encode("utf-8"))
+            return None
+        if fault.action == "delay":
+            return self._delayed(fault.delay_ms, handler, argument)
+        self.close()
+        return None
+
+    def _delayed(
+        self, delay_ms: int, handler: Callable[[bytes], defer.Deferred | None], argument: bytes
+    ) -> defer.Deferred:
+        """Handle the command after ``delay_ms``; the Deferred holds back pipelined lines.
+
+        The wait is the server's, so the idle timer stops meanwhile.
+        """
+        self.setTimeout(None)
+        d: defer.Deferred = defer.Deferred()
+        self.callLater(delay_ms / 1000, d.callback, None)
+
+        def handle(_: None) -> defer.Deferred | None:
+            if self._closed:
+                return None
+            self.setTimeout(self.provider.limits.pop3_idle_timeout)
+            return handler(argument)
+
+        return d.addCallback(handle)
 
     def _bad(self, reply: bytes) -> None:
         self._bad_commands += 1

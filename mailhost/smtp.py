@@ -45,6 +45,7 @@ from twisted.python.failure import Failure
 
 from mailhost import delivery, events, policy, sasl
 from mailhost.addresses import AddressError, parse_path
+from mailhost.faults import Fault
 from mailhost.lines import LineProtocol
 from mailhost.provider import Provider
 from mailhost.schedule import format_instant
@@ -55,6 +56,10 @@ MAX_TEXT_LINE = 1000
 LOGIN_USERNAME_CHALLENGE = base64.b64encode(b"Username:").decode("ascii")
 LOGIN_PASSWORD_CHALLENGE = base64.b64encode(b"Password:").decode("ascii")
 BODY_TYPES = ("7BIT", "8BITMIME")
+
+"""Event kind for a fault from :attr:`Provider.faults` applied to a command (SMTP or POP3)."""
+FAULT_TEXT = "Fault injected"
+_ENHANCED_CODE = re.compile(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}(?: |$)")
 
 _log = Logger()
 
@@ -230,6 +235,7 @@ class SMTPServer(LineProtocol):
         self._sasl: Callable[[str], defer.Deferred | None] | None = None
         self._message: MessageReader | None = None
         self._data_timer: IDelayedCall | None = None
+        self._drop_after_data = False
         self._reset_transaction()
         self._commands: dict[str, Callable[[str], defer.Deferred | None]] = {
             "HELO": self.do_HELO,
@@ -326,7 +332,74 @@ class SMTPServer(LineProtocol):
         if handler is None:
             self.bad_command(500, "5.5.2", "Error: command not recognized")
             return None
+        fault = self.provider.faults.take("smtp", verb)
+        if fault is not None:
+            return self._apply_fault(fault, verb, handler, argument)
         return handler(argument)
+
+    def _apply_fault(
+        self,
+        fault: Fault,
+        verb: str,
+        handler: Callable[[str], defer.Deferred | None],
+        argument: str,
+    ) -> defer.Deferred | None:
+        """Do what a test asked for instead of (or before) handling the command.
+
+        Only whole commands get here: DATA text and SASL responses are parts
+        of a command already under way. A 421 reply closes the connection, as
+        the code promises (RFC 5321 §3.8), so clients react as they would to
+        a real one. A drop on DATA waits for the message first, since "the
+        server vanished after the final dot" is the case worth testing.
+        """
+        self.provider.events.emit(
+            events.FAULT_APPLIED,
+            self.provider.now(),
+            protocol="smtp",
+            command=verb,
+            action=fault.action,
+            fault_id=fault.id,
+            ip=self.peer_ip,
+        )
+        if fault.action == "reply":
+            assert fault.code is not None
+            text = fault.text or FAULT_TEXT
+            enhanced = None if _ENHANCED_CODE.match(text) else f"{fault.code // 100}.3.0"
+            self.reply(fault.code, enhanced, text)
+            if fault.code == 421:
+                self.close()
+            return None
+        if fault.action == "delay":
+            return self._delayed(fault.delay_ms, handler, argument)
+        if verb == "DATA":
+            self._drop_after_data = True
+            result = handler(argument)
+            if self._message is None:
+                # Refused, so no message follows: drop now rather than never.
+                self._drop_after_data = False
+                self.close()
+            return result
+        self.close()
+        return None
+
+    def _delayed(
+        self, delay_ms: int, handler: Callable[[str], defer.Deferred | None], argument: str
+    ) -> defer.Deferred:
+        """Handle the command after ``delay_ms``; the Deferred holds back pipelined lines.
+
+        The wait is the server's, so the idle timer stops meanwhile.
+        """
+        self.setTimeout(None)
+        d: defer.Deferred = defer.Deferred()
+        self.callLater(delay_ms / 1000, d.callback, None)
+
+        def handle(_: None) -> defer.Deferred | None:
+            if self._closed:
+                return None
+            self.setTimeout(self.provider.limits.smtp_idle_timeout)
+            return handler(argument)
+
+        return d.addCallback(handle)
 
     def line_too_long(self) -> None:
         if self._message is not None:
@@ -508,7 +581,19 @@ class SMTPServer(LineProtocol):
         assert self._message is not None
         if not self._message.feed(line):
             return None
+        if self._drop_after_data:
+            self._drop_message()
+            return None
         return self._end_of_data()
+
+    def _drop_message(self) -> None:
+        """A drop fault on DATA: the whole message arrived; close without storing or replying."""
+        self._drop_after_data = False
+        self._message = None
+        self.bare_lf_ends_line = True
+        self._cancel_data_timer()
+        self._reset_transaction()
+        self.close()
 
     def _end_of_data(self) -> defer.Deferred | None:
         """Store the message, replying only once it is durable.
