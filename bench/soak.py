@@ -632,7 +632,9 @@ class Server:
     def __init__(self, mailhost: Path, data: Path, extra: list[str], log: Path) -> None:
         self.log_path = log
         self.log = open(log, "wb")
-        ports = [f"--{name}-port=0" for name in ("smtp", "submission", "pop3", "smtps", "pop3s")]
+        ports = [
+            f"--{name}-port=0" for name in ("smtp", "submission", "pop3", "smtps", "pop3s", "http")
+        ]
         self.proc = subprocess.Popen(
             [str(mailhost), "serve", "--data", str(data), "--host", HOST, *ports, *extra],
             stdin=subprocess.DEVNULL,

@@ -9,8 +9,10 @@ touches the global reactor.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
+import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +30,7 @@ from mailhost.config import (
     Listeners,
     ServeConfig,
     TLSConfig,
+    check_api_access,
     is_loopback,
     parse_domain,
     parse_duration,
@@ -215,6 +218,30 @@ def machine_hostname() -> str:
     help="POP3 over implicit TLS (RFC 8314).",
 )
 @click.option(
+    "--http-port",
+    default="8025",
+    show_default=True,
+    callback=_parsed(parse_port),
+    help="HTTP API (JSON; see docs/api.md).",
+)
+@click.option(
+    "--http-host",
+    default="127.0.0.1",
+    show_default=True,
+    callback=_parsed(parse_host),
+    help="IP address the HTTP API listens on; off loopback it needs --api-token.",
+)
+@click.option(
+    "--api-token",
+    envvar="MAILHOST_API_TOKEN",
+    help="Bearer token every API request must carry. Env: MAILHOST_API_TOKEN.",
+)
+@click.option(
+    "--ready-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the JSON ready report to this file (atomically) once listening.",
+)
+@click.option(
     "--tls-cert",
     type=click.Path(dir_okay=False, path_type=Path),
     help="PEM certificate (then any chain). Default: a self-signed one in DIR/tls/.",
@@ -352,6 +379,10 @@ def serve(
     pop3_port: int,
     smtps_port: int,
     pop3s_port: int,
+    http_port: int,
+    http_host: str,
+    api_token: str | None,
+    ready_file: Path | None,
     tls_cert: Path | None,
     tls_key: Path | None,
     allow_plaintext_auth: bool,
@@ -379,6 +410,10 @@ def serve(
         tls_config = TLSConfig(cert=tls_cert, key=tls_key)
     except ConfigError as e:
         fail(f"{e.flag} {e.value} given alone; expected {e.accepted}")
+    try:
+        check_api_access(http_host, api_token)
+    except ConfigError as e:
+        fail(f"{e.flag}: expected {e.accepted}")
     config = ServeConfig(
         data_dir=data_dir,
         host=host,
@@ -388,7 +423,11 @@ def serve(
             pop3=pop3_port,
             smtps=smtps_port,
             pop3s=pop3s_port,
+            http=http_port,
         ),
+        http_host=http_host,
+        api_token=api_token,
+        ready_file=ready_file,
         domains=domains,
         schemes=Schemes(smtp_auth, smtp_after_pop, pop_window, enforce_sender=enforce_sender),
         now=now,
@@ -446,6 +485,19 @@ def _print_event(event: dict[str, Any]) -> None:
     click.echo(f"{event['at']} {event['kind']} {fields}", err=True)
 
 
+def write_ready_file(path: Path, report: dict[str, Any]) -> None:
+    """Write the ready report so a watcher sees no file or the whole file, never a part."""
+    path = path.absolute()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(report) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 async def _run_server(reactor: Any, config: ServeConfig, tls: TLSIdentity) -> None:
     from twisted.internet import defer
 
@@ -464,6 +516,16 @@ async def _run_server(reactor: Any, config: ServeConfig, tls: TLSIdentity) -> No
         click.echo(f"mailhost: error: {e}", err=True)
         raise SystemExit(1) from None
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
-    click.echo(json.dumps(service.ready_report(ports)), nl=True)
+    report = service.ready_report(ports)
+    if config.ready_file is not None:
+        try:
+            write_ready_file(config.ready_file, report)
+        except OSError as e:
+            await defer.maybeDeferred(service.stopService)
+            click.echo(
+                f"mailhost: error: cannot write --ready-file {config.ready_file}: {e}", err=True
+            )
+            raise SystemExit(1) from None
+    click.echo(json.dumps(report), nl=True)
     sys.stdout.flush()
     await defer.Deferred()

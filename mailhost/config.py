@@ -217,6 +217,8 @@ class Listeners:
     """Implicit-TLS submission (RFC 8314), the submission role behind TLS."""
     pop3s: int = 2995
     """Implicit-TLS POP3 (RFC 8314)."""
+    http: int = 8025
+    """The HTTP API (on ``ServeConfig.http_host``)."""
 
 
 @dataclass(frozen=True)
@@ -250,3 +252,24 @@ class ServeConfig:
     allow_plaintext_auth: bool = False
     """Accept passwords without TLS from non-loopback peers too."""
     throttle: ThrottleSettings = field(default_factory=ThrottleSettings)
+    http_host: str = "127.0.0.1"
+    """Where the HTTP API listens; anything but loopback needs ``api_token``."""
+    api_token: str | None = None
+    """The bearer token every API request must carry, when set."""
+    ready_file: Path | None = None
+    """Where ``serve`` also writes its ready report, atomically."""
+
+    def __post_init__(self) -> None:
+        check_api_access(self.http_host, self.api_token)
+
+
+def check_api_access(http_host: str, api_token: str | None) -> None:
+    """The API can reset and rewrite everything, so off loopback it needs a token."""
+    if api_token is not None and not api_token.strip():
+        raise ConfigError("--api-token", api_token, "a non-empty token")
+    if api_token is None and not is_loopback(http_host):
+        raise ConfigError(
+            "--api-token",
+            None,
+            f"a token, because --http-host {http_host} is not a loopback address",
+        )

@@ -73,6 +73,10 @@ class EventLog:
     def recent(self, kind: str | None = None, after: int = 0) -> list[dict[str, Any]]:
         return [e for e in self._events if e["seq"] > after and (kind is None or e["kind"] == kind)]
 
+    def forget(self) -> None:
+        """Drop the in-memory events (a fixture reset); the file and the numbering go on."""
+        self._events.clear()
+
     def close(self) -> None:
         """Stop appending to the file; the in-memory log stays readable."""
         self._path = None

@@ -40,6 +40,7 @@ from mailhost.provider import Provider
 from mailhost.smtp import SMTPFactory
 from mailhost.throttle import AuthThrottle
 from mailhost.tls import TLSIdentity, server_identity
+from mailhost.web import api_site
 
 PRUNE_INTERVAL = 60.0
 STORAGE_THREADS = 8
@@ -53,6 +54,7 @@ LISTENER_FLAGS = {
     "pop3": "--pop3-port",
     "smtps": "--smtps-port",
     "pop3s": "--pop3s-port",
+    "http": "--http-port",
 }
 
 
@@ -114,6 +116,8 @@ class _Listener:
     name: str
     factory: Factory
     port: int
+    host: str | None = None
+    """Where it listens, when not the service's ``--host`` (the API's ``--http-host``)."""
 
 
 class _ListenersService(Service):
@@ -133,15 +137,16 @@ class _ListenersService(Service):
     @defer.inlineCallbacks
     def _listen_all(self) -> Any:
         for listener in self.listeners:
+            host = listener.host or self.host
             endpoint = endpoints.serverFromString(
-                self.reactor, endpoint_description(self.host, listener.port)
+                self.reactor, endpoint_description(host, listener.port)
             )
             try:
                 self.ports[listener.name] = yield endpoint.listen(listener.factory)
             except CannotListenError as e:
                 yield self._stop_ports()
                 reason = getattr(e.socketError, "strerror", None) or str(e.socketError)
-                raise ListenError(listener.name, self.host, listener.port, reason) from None
+                raise ListenError(listener.name, host, listener.port, reason) from None
         return {name: port.getHost().port for name, port in self.ports.items()}
 
     def _stop_ports(self) -> defer.Deferred:
@@ -296,6 +301,12 @@ class MailhostService(MultiService):
                 TLSMemoryBIOFactory(tls_options, False, POP3Factory(self.provider)),
                 config.listeners.pop3s,
             ),
+            _Listener(
+                "http",
+                api_site(self.provider, reactor, config.api_token),
+                config.listeners.http,
+                config.http_host,
+            ),
         ]
         self._listeners = _ListenersService(reactor, config.host, listeners)
         self._listeners.setServiceParent(self)
@@ -317,6 +328,7 @@ class MailhostService(MultiService):
         return {
             "event": "ready",
             "host": self.config.host,
+            "http_host": self.config.http_host,
             "ports": ports,
             "data": str(self.provider.data.root),
             "now": now.isoformat(),

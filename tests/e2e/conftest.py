@@ -53,6 +53,11 @@ class RunningServer:
         """The name-constrained CA mailhost made: what clients are told to trust."""
         return self.service.tls.ca_path
 
+    @property
+    def api(self) -> str:
+        """The base URL of the HTTP API (``…/api``)."""
+        return f"http://{HOST}:{self.ports['http']}/api"
+
     def tls_context(self) -> ssl.SSLContext:
         """A verifying client context that trusts only this server's ca.pem."""
         return ssl.create_default_context(cafile=str(self.ca))
@@ -112,7 +117,7 @@ def start_server(tmp_path: Path, reactor_thread: Any) -> Iterator[Callable[..., 
         )
         config = ServeConfig(
             data_dir=data,
-            listeners=Listeners(smtp=0, submission=0, pop3=0, smtps=0, pop3s=0),
+            listeners=Listeners(smtp=0, submission=0, pop3=0, smtps=0, pop3s=0, http=0),
             schemes=schemes,
             now=DEFAULT_START,
             hostname="mail.example.org",

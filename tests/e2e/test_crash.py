@@ -46,7 +46,7 @@ PASSWORD = "alice-secret"
 SENDER = "tester@crash.example"
 EPHEMERAL = (
     *("--smtp-port", "0", "--submission-port", "0", "--pop3-port", "0"),
-    *("--smtps-port", "0", "--pop3s-port", "0"),
+    *("--smtps-port", "0", "--pop3s-port", "0", "--http-port", "0"),
 )
 READY_TIMEOUT = 20.0
 SMTP_ROUNDS = 3

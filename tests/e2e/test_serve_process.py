@@ -25,7 +25,7 @@ pytestmark = pytest.mark.e2e
 
 EPHEMERAL = (
     *("--smtp-port", "0", "--submission-port", "0", "--pop3-port", "0"),
-    *("--smtps-port", "0", "--pop3s-port", "0"),
+    *("--smtps-port", "0", "--pop3s-port", "0", "--http-port", "0"),
 )
 CUTOVER = "until:2013-09-02"
 
@@ -51,7 +51,7 @@ def test_ready_line_reports_bound_ports_and_schemes(serve_process, tmp_path):
     """The JSON ready line names every bound port and the schemes as configured."""
     data = make_data(tmp_path)
     server = serve_process("--data", str(data), *EPHEMERAL, "--smtp-after-pop", CUTOVER)
-    assert set(server.ports) == {"smtp", "submission", "pop3", "smtps", "pop3s"}
+    assert set(server.ports) == {"smtp", "submission", "pop3", "smtps", "pop3s", "http"}
     assert all(port > 0 for port in server.ports.values())
     assert server.ready["schemes"]["smtp-after-pop"] == "until:2013-09-02T00:00:00Z"
     assert server.ready["domains"] == ["example.org"]
@@ -114,6 +114,8 @@ def test_port_in_use_is_named(tmp_path):
                 "--smtps-port",
                 "0",
                 "--pop3s-port",
+                "0",
+                "--http-port",
                 "0",
             ),
             capture_output=True,

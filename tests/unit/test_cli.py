@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -466,3 +467,43 @@ def test_serve_warns_about_a_readable_given_key(run, tmp_path, served):
     assert result.exit_code == 0, result.output
     assert f"warning: --tls-key {given.key_path} is readable by group or others" in result.output
     assert (given.key_path.stat().st_mode & 0o777) == 0o644
+
+
+def test_http_flags_reach_the_config(run, tmp_path, served):
+    """--http-port, --http-host, --api-token and --ready-file become the ServeConfig."""
+    ready = tmp_path / "ready.json"
+    result = run(
+        "serve",
+        *("--data", str(tmp_path), "--http-port", "0", "--http-host", "0.0.0.0"),
+        *("--api-token", "t0ken", "--ready-file", str(ready)),
+    )
+    assert result.exit_code == 0, result.output
+    config = served["config"]
+    assert (config.listeners.http, config.http_host) == (0, "0.0.0.0")
+    assert (config.api_token, config.ready_file) == ("t0ken", ready)
+
+
+def test_http_defaults_are_loopback_8025_without_token(run, tmp_path, served):
+    """By default the API listens on 127.0.0.1:8025 and needs no token."""
+    assert run("serve", "--data", str(tmp_path)).exit_code == 0
+    config = served["config"]
+    assert (config.listeners.http, config.http_host, config.api_token) == (8025, "127.0.0.1", None)
+
+
+def test_api_off_loopback_without_token_exits_2(run, tmp_path, served):
+    """A non-loopback --http-host without --api-token is refused with exit 2."""
+    result = run("serve", "--data", str(tmp_path), "--http-host", "0.0.0.0")
+    assert result.exit_code == 2
+    assert "--api-token" in result.output
+    assert "config" not in served
+
+
+def test_ready_file_is_written_whole(tmp_path):
+    """The ready report lands in the file by rename: no temporary file is left behind."""
+    from mailhost.cli import write_ready_file
+
+    target = tmp_path / "ready.json"
+    target.write_text("old")
+    write_ready_file(target, {"event": "ready", "ports": {"http": 8025}})
+    assert json.loads(target.read_text()) == {"event": "ready", "ports": {"http": 8025}}
+    assert [p.name for p in tmp_path.iterdir()] == ["ready.json"]

@@ -24,6 +24,7 @@ from mailhost.smtp import SMTPFactory
 from mailhost.testing import DEFAULT_START, QueuedRunBlocking
 from mailhost.throttle import ThrottleSettings
 from mailhost.tls import fingerprint_sha256
+from mailhost.web import ApiSite
 
 LISTENERS = Listeners(smtp=2525, submission=2587, pop3=2110, smtps=2465, pop3s=2995)
 
@@ -61,8 +62,11 @@ def test_listeners_bind_the_configured_host_and_ports(tmp_path):
         (2110, "127.0.0.1"): POP3Factory,
         (2465, "127.0.0.1"): SMTPFactory,
         (2995, "127.0.0.1"): POP3Factory,
+        (8025, "127.0.0.1"): ApiSite,
     }
-    assert ports == [{"smtp": 2525, "submission": 2587, "pop3": 2110, "smtps": 2465, "pop3s": 2995}]
+    assert ports == [
+        {"smtp": 2525, "submission": 2587, "pop3": 2110, "smtps": 2465, "pop3s": 2995, "http": 8025}
+    ]
     service.stopService()
 
 

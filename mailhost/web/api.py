@@ -1,0 +1,718 @@
+"""The HTTP API: JSON over twisted.web, an adapter onto the shared Provider.
+
+Theory of operation: one leaf :class:`ApiResource` routes ``/api/...`` by
+method and path segments to a handler. A handler validates its input (an
+:class:`ApiError` names the bad field and becomes a 4xx JSON reply), calls
+what the provider already offers, and returns ``(status, payload)`` or a
+Deferred of it. Rules live below this layer: accounts in ``accounts.py``,
+schedules in ``config.py``/``schedule.py``, faults in ``faults.py``; message
+parsing is in :mod:`mailhost.web.messages`. Anything that touches files goes
+through ``provider.run_blocking`` (bcrypt through the hashing runner), so a
+slow disk never stalls SMTP or POP3 on the reactor.
+
+Waiting for mail (``?wait=S``) is a long poll without polling: one
+subscription to the event log wakes the waiters for the box a message was
+stored in, a reactor timer bounds the wait, and a client that goes away is
+forgotten at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import json
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from mailhost import events
+from mailhost.accounts import AccountError, check_password_text
+from mailhost.addresses import AddressError, account_name
+from mailhost.config import ConfigError, parse_duration, parse_instant, parse_state
+from mailhost.faults import FaultError
+from mailhost.maildir import PopMailbox, uid_of
+from mailhost.policy import SMTP_AFTER_POP, SMTP_AUTH, Schemes
+from mailhost.provider import Provider
+from mailhost.throttle import AuthThrottle
+from mailhost.web.messages import Filter, Summary, detail, summarise
+
+MAX_BODY = 1024 * 1024
+MAX_WAIT = 60.0
+"""Longest long poll, in seconds: a client never hangs on the server."""
+DEFAULT_EVENT_LIMIT = 1000
+MAX_EVENT_LIMIT = 10_000
+
+Payload = dict[str, Any] | bytes | None
+Reply = tuple[int, Payload]
+
+
+class ApiError(Exception):
+    """A request the API refuses: HTTP status, a sentence, and the field at fault (or None)."""
+
+    def __init__(self, status: int, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.field = field
+
+
+def _bad(field: str | None, message: str) -> ApiError:
+    return ApiError(400, message, field)
+
+
+# --- request helpers -------------------------------------------------------------------
+
+
+def json_body(request: Request) -> dict[str, Any]:
+    """The request body as a JSON object; an empty body is ``{}``."""
+    content = request.content
+    raw = content.read(MAX_BODY + 1) if content is not None else b""
+    if len(raw) > MAX_BODY:
+        raise ApiError(413, f"the request body is larger than {MAX_BODY} bytes")
+    if not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise _bad(None, "the request body is not valid JSON (UTF-8)") from None
+    if not isinstance(value, dict):
+        raise _bad(None, "the request body must be a JSON object")
+    return value
+
+
+def query(request: Request, name: str) -> str | None:
+    values = (request.args or {}).get(name.encode())
+    if not values:
+        return None
+    try:
+        return values[-1].decode("utf-8")
+    except UnicodeDecodeError:
+        raise _bad(name, "not valid UTF-8") from None
+
+
+def query_number(request: Request, name: str, default: float, low: float, high: float) -> float:
+    text = query(request, name)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (low <= value <= high):
+        raise _bad(name, f"expected a number from {low:g} to {high:g}")
+    return value
+
+
+def query_int(request: Request, name: str, default: int, low: int, high: int) -> int:
+    text = query(request, name)
+    if text is None:
+        return default
+    if not text.strip().isdigit() or not (low <= int(text) <= high):
+        raise _bad(name, f"expected a whole number from {low} to {high}")
+    return int(text)
+
+
+def text_field(body: dict[str, Any], name: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str):
+        raise _bad(name, f"{name} is required, as a string")
+    return value
+
+
+def is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+# --- views of provider state -----------------------------------------------------------
+
+
+def schemes_json(schemes: Schemes, provider: Provider) -> dict[str, Any]:
+    now = provider.now()
+    return {
+        SMTP_AUTH: schemes.smtp_auth.spec(),
+        SMTP_AFTER_POP: schemes.smtp_after_pop.spec(),
+        "pop-window": int(schemes.pop_window.total_seconds()),
+        "enforce-sender": schemes.enforce_sender,
+        "now": now.isoformat(),
+        "describe": {
+            SMTP_AUTH: schemes.smtp_auth.describe(now),
+            SMTP_AFTER_POP: schemes.smtp_after_pop.describe(now),
+        },
+    }
+
+
+def changed_schemes(schemes: Schemes, body: dict[str, Any]) -> Schemes:
+    """``schemes`` with the fields of a ``PUT /api/schemes`` body applied; all or nothing."""
+    changes: dict[str, Any] = {}
+    for key, value in body.items():
+        if key in (SMTP_AUTH, SMTP_AFTER_POP):
+            if not isinstance(value, str):
+                raise _bad(key, "expected on, off or until:<ISO date or datetime>")
+            attribute = "smtp_auth" if key == SMTP_AUTH else "smtp_after_pop"
+            changes[attribute] = parse_state(value, key)
+        elif key == "pop-window":
+            if not (isinstance(value, str) or (is_number(value) and value == int(value))):
+                raise _bad(key, "expected seconds (600) or a duration such as 10m")
+            text = value if isinstance(value, str) else str(int(value))
+            changes["pop_window"] = parse_duration(text, key)
+        elif key == "enforce-sender":
+            if not isinstance(value, bool):
+                raise _bad(key, "expected true or false")
+            changes["enforce_sender"] = value
+        else:
+            raise _bad(key, f"unknown setting {key!r}")
+    return dataclasses.replace(schemes, **changes)
+
+
+# --- blocking file work (run through provider.run_blocking) -----------------------------
+
+
+def read_box(path: Path) -> list[tuple[str, bytes]]:
+    """Blocking: every message in the Maildir as (file name, bytes), in POP3 order."""
+    found = []
+    for message in PopMailbox.scan(path).messages:
+        try:
+            found.append((message.name, (path / message.subdir / message.name).read_bytes()))
+        except FileNotFoundError:  # removed meanwhile (POP3 QUIT, another API call)
+            continue
+    return found
+
+
+def find_file(path: Path, message_id: str) -> Path | None:
+    """Blocking: the file of the message whose unique name is ``message_id``."""
+    for subdir in ("new", "cur"):
+        folder = path / subdir
+        if not folder.is_dir():
+            continue
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if not entry.name.startswith(".") and uid_of(entry.name) == message_id:
+                    return folder / entry.name
+    return None
+
+
+def read_message(path: Path, message_id: str) -> tuple[str, bytes] | None:
+    found = find_file(path, message_id)
+    if found is None:
+        return None
+    try:
+        return found.name, found.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def remove_message(path: Path, message_id: str) -> bool:
+    found = find_file(path, message_id)
+    if found is None:
+        return False
+    found.unlink(missing_ok=True)
+    return True
+
+
+def empty_maildir(path: Path) -> int:
+    """Blocking: remove every delivered message (new/ and cur/); tmp/ is left to deliveries
+    in progress. No fsync: emptying is for tests, and a crash only brings messages back."""
+    removed = 0
+    for subdir in ("new", "cur"):
+        folder = path / subdir
+        try:
+            entries = list(os.scandir(folder))
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            if not entry.name.startswith(".") and entry.is_file():
+                try:
+                    os.unlink(entry.path)
+                    removed += 1
+                except FileNotFoundError:
+                    continue
+    return removed
+
+
+def empty_all(root: Path, outbox: Path) -> int:
+    """Blocking: :func:`empty_maildir` over every account's Maildir and the outbox."""
+    mail = root / "mail"
+    boxes = [p for p in mail.iterdir() if p.is_dir()] if mail.is_dir() else []
+    return sum(empty_maildir(p) for p in [*boxes, outbox])
+
+
+# --- long poll -------------------------------------------------------------------------
+
+
+class _Wait:
+    """One ``?wait=`` request: rescans its box when mail is stored there, until enough match."""
+
+    def __init__(
+        self,
+        api: ApiResource,
+        request: Request,
+        box: _Box,
+        matching: Filter,
+        count: int,
+        wait: float,
+    ) -> None:
+        self.api = api
+        self.box = box
+        self.matching = matching
+        self.count = count
+        self.result: defer.Deferred[Reply] = defer.Deferred()
+        self.expired = False
+        self.scanning = False
+        self.again = False
+        api.waiters.add(self)
+        self.timer: IDelayedCall | None = api.provider.clock.reactor_time.callLater(
+            wait, self._expire
+        )
+        request.notifyFinish().addBoth(lambda _: self._forget())
+
+    def _forget(self) -> None:
+        self.api.waiters.discard(self)
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+
+    def _expire(self) -> None:
+        self.timer = None
+        self.expired = True
+        self.check()
+
+    def concerns(self, event: dict[str, Any]) -> bool:
+        if self.box.account is None:
+            return bool(event.get("relayed"))
+        return self.box.account in (event.get("mailboxes") or ())
+
+    def check(self) -> None:
+        if self.result.called:
+            return
+        if self.scanning:
+            self.again = True
+            return
+        self.scanning = True
+        d = self.api.provider.run_blocking(read_box, self.box.path)
+        d.addCallbacks(self._scanned, self._failed)
+
+    def _scanned(self, found: list[tuple[str, bytes]]) -> None:
+        self.scanning = False
+        if self.result.called:
+            return
+        matched = [s for s in (summarise(n, raw) for n, raw in found) if self.matching.matches(s)]
+        if self.expired or len(matched) >= self.count:
+            self._forget()
+            self.result.callback((200, {"messages": [s.to_json() for s in matched]}))
+        elif self.again:
+            self.again = False
+            self.check()
+
+    def _failed(self, failure: Failure) -> None:
+        self.scanning = False
+        self._forget()
+        if not self.result.called:
+            self.result.errback(failure)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Box:
+    path: Path
+    account: str | None
+    """The local account, or None for the outbox."""
+
+
+# --- the resource ----------------------------------------------------------------------
+
+Handler = Callable[..., "Reply | defer.Deferred[Reply]"]
+
+
+class ApiResource(Resource):
+    """``/api/...`` for one provider. ``token``: the bearer token every request needs."""
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(self, provider: Provider, token: str | None = None) -> None:
+        super().__init__()
+        self.provider = provider
+        self.token = token
+        self.initial_schemes = provider.schemes
+        self.initial_offset = provider.clock.offset
+        self.waiters: set[_Wait] = set()
+        provider.events.subscribe(self._on_event)
+        P = None  # a path parameter
+        self.routes: list[tuple[bytes, tuple[str | None, ...], Handler]] = [
+            (b"GET", ("health",), self.health),
+            (b"GET", ("accounts",), self.list_accounts),
+            (b"POST", ("accounts",), self.add_account),
+            (b"DELETE", ("accounts", P), self.remove_account),
+            (b"PUT", ("accounts", P, "password"), self.set_password),
+            (b"GET", ("mailboxes", P, "messages"), self.list_mailbox),
+            (b"DELETE", ("mailboxes", P, "messages"), self.empty_mailbox),
+            (b"GET", ("mailboxes", P, "messages", P), self.get_mailbox_message),
+            (b"DELETE", ("mailboxes", P, "messages", P), self.remove_mailbox_message),
+            (b"GET", ("outbox", "messages"), self.list_outbox),
+            (b"DELETE", ("outbox", "messages"), self.empty_outbox),
+            (b"GET", ("outbox", "messages", P), self.get_outbox_message),
+            (b"DELETE", ("outbox", "messages", P), self.remove_outbox_message),
+            (b"GET", ("pop-logins",), self.pop_logins),
+            (b"GET", ("schemes",), self.get_schemes),
+            (b"PUT", ("schemes",), self.put_schemes),
+            (b"GET", ("clock",), self.get_clock),
+            (b"PUT", ("clock",), self.put_clock),
+            (b"POST", ("clock", "advance"), self.advance_clock),
+            (b"GET", ("events",), self.list_events),
+            (b"GET", ("faults",), self.list_faults),
+            (b"POST", ("faults",), self.add_fault),
+            (b"DELETE", ("faults",), self.clear_faults),
+            (b"DELETE", ("faults", P), self.remove_fault),
+            (b"POST", ("reset",), self.reset),
+        ]
+
+    # dispatch
+
+    def render(self, request: Request) -> Any:
+        d = defer.maybeDeferred(self._dispatch, request)
+        d.addErrback(self._error_reply)
+        d.addCallback(lambda reply: self._send(request, *reply))
+        d.addErrback(lambda f: self.log.failure("could not send an API reply", f))
+        return NOT_DONE_YET
+
+    def _authorised(self, request: Request) -> bool:
+        if self.token is None:
+            return True
+        given = request.getHeader(b"authorization") or b""
+        scheme, _, credential = given.partition(b" ")
+        expected = self.token.encode("utf-8")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(credential.strip(), expected)
+
+    def _dispatch(self, request: Request) -> Reply | defer.Deferred[Reply]:
+        if not self._authorised(request):
+            request.setHeader(b"www-authenticate", b'Bearer realm="mailhost"')
+            raise ApiError(401, "this API needs Authorization: Bearer <token>")
+        try:
+            segments = [s.decode("utf-8") for s in request.postpath or []]
+        except UnicodeDecodeError:
+            raise ApiError(404, "no such resource") from None
+        if segments and segments[-1] == "":
+            segments.pop()
+        if not segments or segments[0] != "api":
+            raise ApiError(404, "no such resource")
+        path = segments[1:]
+        allowed = []
+        for method, pattern, handler in self.routes:
+            params = _match(pattern, path)
+            if params is None:
+                continue
+            if method == request.method:
+                return handler(request, *params)
+            allowed.append(method)
+        if allowed:
+            request.setHeader(b"allow", b", ".join(allowed))
+            raise ApiError(405, f"method {request.method.decode('ascii', 'replace')} not allowed")
+        raise ApiError(404, "no such resource")
+
+    def _error_reply(self, failure: Failure) -> Reply:
+        if failure.check(ApiError):
+            e = failure.value
+            return e.status, {"error": e.message, "field": e.field}
+        self.log.failure("API request failed", failure)
+        return 500, {"error": "internal error", "field": None}
+
+    def _send(self, request: Request, status: int, payload: Payload) -> None:
+        if request.finished or request.channel is None:  # the client went away
+            return
+        request.setResponseCode(status)
+        if payload is None:
+            data = b""
+        elif isinstance(payload, bytes):
+            data = payload
+            request.setHeader(b"content-type", b"message/rfc822")
+        else:
+            data = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+            request.setHeader(b"content-type", b"application/json; charset=utf-8")
+        if status != 204:
+            request.setHeader(b"content-length", str(len(data)).encode("ascii"))
+            request.write(data)
+        request.finish()
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        if event.get("kind") != events.MESSAGE_STORED:
+            return
+        for waiter in list(self.waiters):
+            if waiter.concerns(event):
+                waiter.check()
+
+    # health and accounts
+
+    def health(self, request: Request) -> Reply:
+        return 200, {"ok": True}
+
+    def list_accounts(self, request: Request) -> Reply:
+        return 200, {"accounts": self.provider.accounts.addresses()}
+
+    def _hashing(self, f: Callable[..., Any], *args: Any) -> defer.Deferred:
+        run = self.provider.run_hashing or self.provider.run_blocking
+        d = run(f, *args)
+
+        def refused(failure: Failure) -> None:
+            failure.trap(AccountError)
+            message = str(failure.value)
+            status = 409 if "already exists" in message else 404
+            raise ApiError(status, message, "address")
+
+        return d.addErrback(refused)
+
+    def _account(self, address: object, field: str = "address") -> str:
+        if not isinstance(address, str):
+            raise _bad(field, "address is required, as a string")
+        try:
+            return account_name(address)
+        except AddressError as e:
+            raise _bad(field, f"{address!r} is not an address: {e}") from None
+
+    def _password(self, body: dict[str, Any]) -> str:
+        password = text_field(body, "password")
+        try:
+            check_password_text(password)
+        except AccountError as e:
+            raise _bad("password", str(e)) from None
+        return password
+
+    def add_account(self, request: Request) -> defer.Deferred[Reply]:
+        body = json_body(request)
+        name = self._account(body.get("address"))
+        password = self._password(body)
+        if name in self.provider.accounts:
+            raise ApiError(409, f"account {name} already exists", "address")
+        cost = self.provider.accounts.usual_cost()
+        d = self._hashing(self.provider.accounts.file.add, name, password, cost)
+        return d.addCallback(lambda added: (201, {"address": added}))
+
+    def _known_account(self, address: str) -> str:
+        try:
+            name = account_name(address)
+        except AddressError:
+            name = None
+        if name is None or name not in self.provider.accounts:
+            raise ApiError(404, f"no account {address}", "address")
+        return name
+
+    def remove_account(self, request: Request, address: str) -> defer.Deferred[Reply]:
+        name = self._known_account(address)
+        d = self._hashing(self.provider.accounts.file.remove, name)
+        return d.addCallback(lambda _: (204, None))
+
+    def set_password(self, request: Request, address: str) -> defer.Deferred[Reply]:
+        name = self._known_account(address)
+        password = self._password(json_body(request))
+        cost = self.provider.accounts.usual_cost()
+        d = self._hashing(self.provider.accounts.file.set_password, name, password, cost)
+        return d.addCallback(lambda _: (204, None))
+
+    # messages
+
+    def _mailbox(self, address: str) -> _Box:
+        """An account's Maildir, or one mail was delivered to (postmaster needs no account)."""
+        try:
+            name = account_name(address)
+        except AddressError:
+            name = None
+        if name is not None:
+            path = self.provider.data.mailbox(name)
+            if name in self.provider.accounts or path.is_dir():
+                return _Box(path, name)
+        raise ApiError(404, f"no mailbox {address}", "address")
+
+    def _outbox(self) -> _Box:
+        return _Box(self.provider.data.outbox, None)
+
+    def _list(self, request: Request, box: _Box) -> Reply | defer.Deferred[Reply]:
+        wait = query_number(request, "wait", 0.0, 0.0, MAX_WAIT)
+        count = query_int(request, "count", 1, 1, 100_000)
+        matching = Filter(query(request, "subject"), query(request, "from"), query(request, "to"))
+        if wait > 0:
+            waiter = _Wait(self, request, box, matching, count, wait)
+            waiter.check()
+            return waiter.result
+
+        def listed(found: list[tuple[str, bytes]]) -> Reply:
+            summaries: list[Summary] = [summarise(name, raw) for name, raw in found]
+            return 200, {"messages": [s.to_json() for s in summaries if matching.matches(s)]}
+
+        return self.provider.run_blocking(read_box, box.path).addCallback(listed)
+
+    def _get(self, request: Request, box: _Box, message_id: str) -> defer.Deferred[Reply]:
+        form = query(request, "format")
+        if form not in (None, "json", "raw"):
+            raise _bad("format", "expected json or raw")
+
+        def found(message: tuple[str, bytes] | None) -> Reply:
+            if message is None:
+                raise ApiError(404, f"no message {message_id}", "id")
+            name, raw = message
+            return (200, raw) if form == "raw" else (200, detail(name, raw))
+
+        return self.provider.run_blocking(read_message, box.path, message_id).addCallback(found)
+
+    def _remove(self, box: _Box, message_id: str) -> defer.Deferred[Reply]:
+        def removed(done: bool) -> Reply:
+            if not done:
+                raise ApiError(404, f"no message {message_id}", "id")
+            return 204, None
+
+        return self.provider.run_blocking(remove_message, box.path, message_id).addCallback(removed)
+
+    def _empty(self, box: _Box) -> defer.Deferred[Reply]:
+        return self.provider.run_blocking(empty_maildir, box.path).addCallback(
+            lambda _: (204, None)
+        )
+
+    def list_mailbox(self, request: Request, address: str) -> Reply | defer.Deferred[Reply]:
+        return self._list(request, self._mailbox(address))
+
+    def empty_mailbox(self, request: Request, address: str) -> defer.Deferred[Reply]:
+        return self._empty(self._mailbox(address))
+
+    def get_mailbox_message(
+        self, request: Request, address: str, message_id: str
+    ) -> defer.Deferred[Reply]:
+        return self._get(request, self._mailbox(address), message_id)
+
+    def remove_mailbox_message(
+        self, request: Request, address: str, message_id: str
+    ) -> defer.Deferred[Reply]:
+        return self._remove(self._mailbox(address), message_id)
+
+    def list_outbox(self, request: Request) -> Reply | defer.Deferred[Reply]:
+        return self._list(request, self._outbox())
+
+    def empty_outbox(self, request: Request) -> defer.Deferred[Reply]:
+        return self._empty(self._outbox())
+
+    def get_outbox_message(self, request: Request, message_id: str) -> defer.Deferred[Reply]:
+        return self._get(request, self._outbox(), message_id)
+
+    def remove_outbox_message(self, request: Request, message_id: str) -> defer.Deferred[Reply]:
+        return self._remove(self._outbox(), message_id)
+
+    # POP logins, schemes, clock, events, faults
+
+    def pop_logins(self, request: Request) -> Reply:
+        now = self.provider.now()
+        window = self.provider.schemes.pop_window
+        return 200, {
+            "pop_logins": [
+                {
+                    "ip": grant.ip,
+                    "account": grant.account,
+                    "granted_at": grant.granted_at.isoformat(),
+                    "seconds_left": grant.seconds_left(now, window),
+                    "live": grant.is_live(now, window),
+                }
+                for grant in self.provider.logins.entries()
+            ]
+        }
+
+    def get_schemes(self, request: Request) -> Reply:
+        return 200, schemes_json(self.provider.schemes, self.provider)
+
+    def put_schemes(self, request: Request) -> Reply:
+        try:
+            schemes = changed_schemes(self.provider.schemes, json_body(request))
+        except ConfigError as e:
+            raise _bad(e.flag, str(e)) from None
+        self.provider.schemes = schemes
+        return 200, schemes_json(schemes, self.provider)
+
+    def _clock(self) -> dict[str, Any]:
+        return {"now": self.provider.now().isoformat(), "offset": self.provider.clock.offset}
+
+    def get_clock(self, request: Request) -> Reply:
+        return 200, self._clock()
+
+    def put_clock(self, request: Request) -> Reply:
+        text = text_field(json_body(request), "now")
+        try:
+            instant = parse_instant(text, "now")
+        except ConfigError as e:
+            raise _bad("now", str(e)) from None
+        self.provider.clock.set(instant)
+        return 200, self._clock()
+
+    def advance_clock(self, request: Request) -> Reply:
+        seconds = json_body(request).get("seconds")
+        if not is_number(seconds) or not math.isfinite(seconds) or seconds < 0:
+            raise _bad("seconds", "expected a number of seconds, 0 or more")
+        self.provider.clock.advance(float(seconds))
+        return 200, self._clock()
+
+    def list_events(self, request: Request) -> Reply:
+        after = query_int(request, "after", 0, 0, 2**63)
+        limit = query_int(request, "limit", DEFAULT_EVENT_LIMIT, 1, MAX_EVENT_LIMIT)
+        found = self.provider.events.recent(query(request, "kind"), after)[:limit]
+        return 200, {"events": found, "cursor": found[-1]["seq"] if found else after}
+
+    def list_faults(self, request: Request) -> Reply:
+        return 200, {"faults": [f.to_json() for f in self.provider.faults.list()]}
+
+    def add_fault(self, request: Request) -> Reply:
+        try:
+            fault = self.provider.faults.add(json_body(request))
+        except FaultError as e:
+            raise _bad(e.field, str(e)) from None
+        return 201, fault.to_json()
+
+    def clear_faults(self, request: Request) -> Reply:
+        self.provider.faults.clear()
+        return 204, None
+
+    def remove_fault(self, request: Request, fault_id: str) -> Reply:
+        if not self.provider.faults.clear(fault_id):
+            raise ApiError(404, f"no fault {fault_id}", "id")
+        return 204, None
+
+    # reset
+
+    def reset(self, request: Request) -> defer.Deferred[Reply]:
+        """Back to a clean start: in-memory state at once, then messages (and accounts)."""
+        accounts = json_body(request).get("accounts", "keep")
+        if accounts not in ("keep", "wipe"):
+            raise _bad("accounts", "expected keep or wipe")
+        provider = self.provider
+        provider.logins.clear()
+        provider.faults.clear()
+        provider.throttle = AuthThrottle(
+            provider.throttle.settings, provider.throttle.max_addresses
+        )
+        provider.events.forget()
+        provider.schemes = self.initial_schemes
+        provider.clock.offset = self.initial_offset
+        d = provider.run_blocking(empty_all, provider.data.root, provider.data.outbox)
+        if accounts == "wipe":
+            d.addCallback(lambda _: self._hashing(_remove_all_accounts, provider.accounts.file))
+        return d.addCallback(lambda _: (204, None))
+
+
+def _remove_all_accounts(account_file: Any) -> None:
+    for name in sorted(account_file.read()):
+        account_file.remove(name)
+
+
+def _match(pattern: tuple[str | None, ...], path: list[str]) -> list[str] | None:
+    if len(pattern) != len(path):
+        return None
+    params = []
+    for expected, segment in zip(pattern, path, strict=True):
+        if expected is None:
+            if not segment:
+                return None
+            params.append(segment)
+        elif expected != segment:
+            return None
+    return params
