@@ -50,3 +50,9 @@ clean:
 .PHONY: soak
 soak: $(STAMP)
 	$(BIN)/python bench/soak.py
+
+# Fixture start-up benchmark: mailhost serve's cold start and reset against aiosmtpd's
+# Controller (the bench extra); a table on stdout and JSON in bench/results/.
+bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	$(BIN)/python bench/fixture_startup.py
