@@ -217,3 +217,28 @@ def test_limit_flags_reach_the_running_server(serve_process, tmp_path):
         assert client.docmd("BOGUS")[0] == 500
         assert client.docmd("BOGUS")[0] == 500
         assert client.docmd("BOGUS")[0] == 421
+
+
+def test_demo_accounts_are_created_with_printed_passwords(serve_process, tmp_path):
+    """--demo-accounts (what make run uses) prints alice's and bob's passwords, which work."""
+    server = serve_process("--data", str(tmp_path / "data"), *EPHEMERAL, "--demo-accounts")
+    pop = SourcePOP3(HOST, server.ports["pop3"], "127.0.0.2")
+    assert pop.user("alice@example.org").startswith(b"+OK")
+    assert pop.pass_("alice-secret").startswith(b"+OK")
+    pop.quit()
+    server.process.send_signal(2)
+    _, err = server.process.communicate(timeout=10)
+    assert "demo account alice@example.org password alice-secret" in err
+    assert "demo account bob@example.org password bob-secret" in err
+
+
+def test_demo_accounts_refuse_a_non_loopback_host(tmp_path):
+    """Well-known passwords stay on loopback: --demo-accounts with --host 0.0.0.0 exits 2."""
+    result = subprocess.run(
+        mailhost_command("serve", "--data", str(tmp_path), "--host", "0.0.0.0", "--demo-accounts"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "loopback" in result.stderr
