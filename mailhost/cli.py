@@ -478,6 +478,23 @@ def serve(
     task.react(_run_server, (config, tls))
 
 
+@main.command()
+@click.option(
+    "--lang",
+    type=click.Choice(["en", "de"]),
+    default="en",
+    show_default=True,
+    help="Language of the narration (protocol lines stay as they are).",
+)
+@click.option("--no-color", is_flag=True, help="Plain text even on a terminal (also: NO_COLOR).")
+@click.option("--pause", is_flag=True, help="Wait for Enter between steps.")
+def demo(lang: str, no_color: bool, pause: bool) -> None:
+    """Play SMTP-after-POP's flaw on loopback; exits 1 if any outcome differs."""
+    from mailhost.demo import main as run_demo
+
+    sys.exit(run_demo(lang, no_color, pause))
+
+
 def _print_event(event: dict[str, Any]) -> None:
     fields = " ".join(
         f"{k}={v}" for k, v in event.items() if k not in ("seq", "at", "kind") and v is not None
