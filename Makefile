@@ -26,8 +26,9 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# Real clients for the interoperability tests (swaks needs Net::SSLeay for --tls); the tests
-# skip with a reason if these are missing. At most one quiet apt-get update, only when needed.
+# Real clients for the interoperability tests (swaks needs Net::SSLeay for --tls) and Debian's
+# Chromium with its driver for the dashboard's browser test; the tests skip with a reason if
+# these are missing. At most one quiet apt-get update, only when needed.
 .PHONY: interop-clients
 interop-clients:
 	@missing=""; \
@@ -35,6 +36,8 @@ interop-clients:
 	perl -MNet::SSLeay -e 1 >/dev/null 2>&1 || missing="$$missing libnet-ssleay-perl"; \
 	command -v curl >/dev/null 2>&1 || missing="$$missing curl"; \
 	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null 2>&1 || missing="$$missing chromium-driver"; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	  (apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive \
