@@ -66,7 +66,7 @@ curl -sS --max-time 10 --interface "$CAFE" --user alice@example.org:alice-secret
   "pop3://$HOST:$POP3/" >/dev/null && echo "POP3: logged in"
 echo "before the cutover, anyone at $CAFE may relay:"
 relay
-echo "clock:  $(api -X POST "$API/clock/advance" -d '{"seconds": 120}')"
+echo "clock:  $(api -X POST "$API/clock/advance" -H 'Content-Type: application/json' -d '{"seconds": 120}')"
 echo "after the cutover, the same address is refused:"
 relay
 

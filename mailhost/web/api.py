@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
+import ipaddress
 import json
 import math
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -80,6 +82,9 @@ def json_body(request: Request) -> dict[str, Any]:
         raise ApiError(413, f"the request body is larger than {MAX_BODY} bytes")
     if not raw.strip():
         return {}
+    content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
+    if content_type != b"application/json":
+        raise ApiError(415, "send the body as Content-Type: application/json", "Content-Type")
     try:
         value = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
@@ -87,6 +92,35 @@ def json_body(request: Request) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise _bad(None, "the request body must be a JSON object")
     return value
+
+
+def check_browser_origin(request: Request, token_required: bool) -> None:
+    """Keep web pages from driving the API (CSRF) or reading it (DNS rebinding).
+
+    A request a browser sends from another site carries that site's ``Origin``;
+    only this server's own origin (the dashboard) is accepted. Without a token,
+    the ``Host`` must also be an IP literal or ``localhost``: a rebinding page
+    reaches 127.0.0.1 under its own domain name, which is refused here.
+    """
+    host = (request.getHeader(b"host") or b"").decode("latin-1").strip()
+    origin = request.getHeader(b"origin")
+    if origin is not None and origin.decode("latin-1") not in (
+        f"http://{host}",
+        f"https://{host}",
+    ):
+        raise ApiError(403, "requests from other web origins are not accepted", "Origin")
+    if token_required:
+        return
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    name = name.strip("[]").lower()
+    if name == "localhost":
+        return
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        raise ApiError(
+            403, "address this server by IP or as localhost (or set an API token)", "Host"
+        ) from None
 
 
 def query(request: Request, name: str) -> str | None:
@@ -116,7 +150,7 @@ def query_int(request: Request, name: str, default: int, low: int, high: int) ->
     text = query(request, name)
     if text is None:
         return default
-    if not text.strip().isdigit() or not (low <= int(text) <= high):
+    if not re.fullmatch(r"[0-9]+", text.strip()) or not (low <= int(text) <= high):
         raise _bad(name, f"expected a whole number from {low} to {high}")
     return int(text)
 
@@ -340,7 +374,7 @@ class ApiResource(Resource):
     def __init__(self, provider: Provider, token: str | None = None) -> None:
         super().__init__()
         self.provider = provider
-        self.token = token
+        self.token = token.strip() if token is not None and token.strip() else None
         self.initial_schemes = provider.schemes
         self.initial_offset = provider.clock.offset
         self.waiters: set[_Wait] = set()
@@ -383,7 +417,7 @@ class ApiResource(Resource):
         d.addErrback(lambda f: self.log.failure("could not send an API reply", f))
         return NOT_DONE_YET
 
-    def _authorised(self, request: Request) -> bool:
+    def authorised(self, request: Request) -> bool:
         if self.token is None:
             return True
         given = request.getHeader(b"authorization") or b""
@@ -392,7 +426,8 @@ class ApiResource(Resource):
         return scheme.lower() == b"bearer" and hmac.compare_digest(credential.strip(), expected)
 
     def _dispatch(self, request: Request) -> Reply | defer.Deferred[Reply]:
-        if not self._authorised(request):
+        check_browser_origin(request, self.token is not None)
+        if not self.authorised(request):
             request.setHeader(b"www-authenticate", b'Bearer realm="mailhost"')
             raise ApiError(401, "this API needs Authorization: Bearer <token>")
         try:

@@ -70,9 +70,12 @@ class Client:
         data = (
             body if isinstance(body, bytes) else b"" if body is None else json.dumps(body).encode()
         )
-        head = f"{method} {path} HTTP/1.1\r\nHost: api\r\nConnection: close\r\n"
-        head += f"Content-Length: {len(data)}\r\n"
-        for name, value in (headers or {}).items():
+        fields = {"Host": "127.0.0.1:8025", "Connection": "close", "Content-Length": len(data)}
+        if data:
+            fields["Content-Type"] = "application/json"
+        fields.update(headers or {})
+        head = f"{method} {path} HTTP/1.1\r\n"
+        for name, value in fields.items():
             head += f"{name}: {value}\r\n"
         return Exchange(self.site, head.encode() + b"\r\n" + data)
 
@@ -581,3 +584,83 @@ def test_a_failing_handler_is_a_500_json(api, provider, monkeypatch):
     response = api("GET", "/api/accounts")
     assert (response.status, response.json()["error"]) == (500, "internal error")
     assert api("GET", "/api/health").status == 200
+
+
+# --- browsers, oversized bodies, odd input ------------------------------------------------------
+
+
+def test_a_request_from_another_web_origin_is_refused(api, provider):
+    """A page on another site cannot drive the API (CSRF): a foreign Origin gets 403."""
+    response = api(
+        "POST", "/api/reset", {"accounts": "wipe"}, headers={"Origin": "https://evil.example"}
+    )
+    assert (response.status, response.json()["field"]) == (403, "Origin")
+    assert provider.accounts.addresses() == [ALICE, BOB]
+
+
+def test_the_dashboards_own_origin_is_accepted(api):
+    """The dashboard, served from this listener, sends its own origin and is let through."""
+    response = api("GET", "/api/health", headers={"Origin": "http://127.0.0.1:8025"})
+    assert response.status == 200
+
+
+def test_a_body_that_is_not_declared_json_is_refused(api, provider):
+    """A form-style body (what a cross-site form can send without a preflight) gets 415."""
+    response = api(
+        "POST", "/api/reset", b'{"accounts": "wipe"}', headers={"Content-Type": "text/plain"}
+    )
+    assert (response.status, response.json()["field"]) == (415, "Content-Type")
+    assert provider.accounts.addresses() == [ALICE, BOB]
+
+
+def test_a_host_name_other_than_localhost_is_refused_without_a_token(api):
+    """DNS rebinding reaches 127.0.0.1 under a foreign name; without a token that is 403."""
+    response = api("GET", "/api/accounts", headers={"Host": "rebind.evil.example:8025"})
+    assert (response.status, response.json()["field"]) == (403, "Host")
+    assert api("GET", "/api/health", headers={"Host": "localhost:8025"}).status == 200
+
+
+def test_with_a_token_any_host_name_may_be_used(provider, clock):
+    """A token already proves the caller, so the server may be reached under any name."""
+    api = Client(ApiSite(provider, clock, token="sekrit"))
+    response = api(
+        "GET", "/api/health", headers={"Host": "mail.test", "Authorization": "Bearer sekrit"}
+    )
+    assert response.status == 200
+
+
+def test_an_oversized_body_is_refused_before_it_is_read(site):
+    """A declared body over 1 MiB gets 413 at once, and the connection closes."""
+    head = (
+        b"POST /api/reset HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 400000000\r\n\r\n"
+    )
+    exchange = Exchange(site, head + b"{")
+    response = exchange.response()
+    assert response is not None and response.status == 413
+    assert exchange.transport.disconnecting
+
+
+def test_an_unauthorised_body_is_refused_before_it_is_read(provider, clock):
+    """Without the token, a request with a body is answered 401 before its bytes are taken."""
+    site = ApiSite(provider, clock, token="sekrit")
+    head = (
+        b"POST /api/reset HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000000\r\n\r\n"
+    )
+    exchange = Exchange(site, head + b"{")
+    response = exchange.response()
+    assert response is not None and response.status == 401
+    assert exchange.transport.disconnecting
+
+
+def test_non_ascii_digits_in_numbers_are_a_bad_request(api):
+    """'²' is a digit to str.isdigit but not a number here: 400 naming the parameter."""
+    response = api("GET", "/api/events?after=%C2%B2")
+    assert (response.status, response.json()["field"]) == (400, "after")
+
+
+def test_a_token_with_surrounding_spaces_still_matches(provider, clock):
+    """A token given with stray spaces (from a file or env) is compared without them."""
+    api = Client(ApiSite(provider, clock, token=" sekrit "))
+    assert api("GET", "/api/health", headers={"Authorization": "Bearer sekrit"}).status == 200

@@ -34,8 +34,10 @@ def request(site: ApiSite, method: str, path: str, body: bytes = b"", **headers:
     transport = StringTransport(peerAddress=PEER)
     protocol = site.buildProtocol(PEER)
     protocol.makeConnection(transport)
-    head = f"{method} {path} HTTP/1.1\r\nHost: dash\r\nConnection: close\r\n"
+    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:8025\r\nConnection: close\r\n"
     head += f"Content-Length: {len(body)}\r\n"
+    if body:
+        head += "Content-Type: application/json\r\n"
     head += "".join(f"{name}: {value}\r\n" for name, value in headers.items())
     protocol.dataReceived(head.encode() + b"\r\n" + body)
     raw_head, _, data = transport.value().partition(b"\r\n\r\n")
