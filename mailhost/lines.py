@@ -23,6 +23,7 @@ has nothing left to deliver.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer, protocol
@@ -105,6 +106,26 @@ class LineProtocol(protocol.Protocol, TimeoutMixin):
         if self._transport_paused:
             self._transport_paused = False
             self.transport.resumeProducing()
+
+    def handle_after(
+        self, delay_ms: int, idle_timeout: float, handler: Callable[..., Any], *args: Any
+    ) -> defer.Deferred:
+        """Run ``handler(*args)`` after ``delay_ms``; the Deferred holds back pipelined lines.
+
+        The wait is the server's, not the client's, so the idle timer stops
+        meanwhile and restarts with ``idle_timeout`` when the handler runs.
+        """
+        self.setTimeout(None)
+        d: defer.Deferred = defer.Deferred()
+        self.callLater(delay_ms / 1000, d.callback, None)
+
+        def handle(_: None) -> Any:
+            if self._closed:
+                return None
+            self.setTimeout(idle_timeout)
+            return handler(*args)
+
+        return d.addCallback(handle)
 
     def discard_buffered_input(self) -> None:
         """Drop every byte received but not yet handled (used when TLS starts)."""

@@ -277,28 +277,11 @@ class POP3Server(LineProtocol):
             self.write_line(b"-ERR " + (fault.text or FAULT_TEXT).encode("utf-8"))
             return None
         if fault.action == "delay":
-            return self._delayed(fault.delay_ms, handler, argument)
+            return self.handle_after(
+                fault.delay_ms, self.provider.limits.pop3_idle_timeout, handler, argument
+            )
         self.close()
         return None
-
-    def _delayed(
-        self, delay_ms: int, handler: Callable[[bytes], defer.Deferred | None], argument: bytes
-    ) -> defer.Deferred:
-        """Handle the command after ``delay_ms``; the Deferred holds back pipelined lines.
-
-        The wait is the server's, so the idle timer stops meanwhile.
-        """
-        self.setTimeout(None)
-        d: defer.Deferred = defer.Deferred()
-        self.callLater(delay_ms / 1000, d.callback, None)
-
-        def handle(_: None) -> defer.Deferred | None:
-            if self._closed:
-                return None
-            self.setTimeout(self.provider.limits.pop3_idle_timeout)
-            return handler(argument)
-
-        return d.addCallback(handle)
 
     def _bad(self, reply: bytes) -> None:
         self._bad_commands += 1

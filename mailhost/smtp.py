@@ -370,7 +370,9 @@ class SMTPServer(LineProtocol):
                 self.close()
             return None
         if fault.action == "delay":
-            return self._delayed(fault.delay_ms, handler, argument)
+            return self.handle_after(
+                fault.delay_ms, self.provider.limits.smtp_idle_timeout, handler, argument
+            )
         if verb == "DATA":
             self._drop_after_data = True
             result = handler(argument)
@@ -381,25 +383,6 @@ class SMTPServer(LineProtocol):
             return result
         self.close()
         return None
-
-    def _delayed(
-        self, delay_ms: int, handler: Callable[[str], defer.Deferred | None], argument: str
-    ) -> defer.Deferred:
-        """Handle the command after ``delay_ms``; the Deferred holds back pipelined lines.
-
-        The wait is the server's, so the idle timer stops meanwhile.
-        """
-        self.setTimeout(None)
-        d: defer.Deferred = defer.Deferred()
-        self.callLater(delay_ms / 1000, d.callback, None)
-
-        def handle(_: None) -> defer.Deferred | None:
-            if self._closed:
-                return None
-            self.setTimeout(self.provider.limits.smtp_idle_timeout)
-            return handler(argument)
-
-        return d.addCallback(handle)
 
     def line_too_long(self) -> None:
         if self._message is not None:
