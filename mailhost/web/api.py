@@ -6,14 +6,18 @@ method and path segments to a handler. A handler validates its input (an
 what the provider already offers, and returns ``(status, payload)`` or a
 Deferred of it. Rules live below this layer: accounts in ``accounts.py``,
 schedules in ``config.py``/``schedule.py``, faults in ``faults.py``; message
-parsing is in :mod:`mailhost.web.messages`. Anything that touches files goes
-through ``provider.run_blocking`` (bcrypt through the hashing runner), so a
-slow disk never stalls SMTP or POP3 on the reactor.
+parsing is in :mod:`mailhost.web.messages`. Reading, parsing and removing
+messages goes through ``provider.run_blocking`` (bcrypt through the hashing
+runner), and only finished summaries come back to the reactor, so a slow disk
+or a large message never stalls SMTP or POP3. What stays on the reactor is
+cheap metadata: account lookups ``stat`` the users file (and re-read it when
+it changed), and a mailbox lookup checks that its directory exists.
 
 Waiting for mail (``?wait=S``) is a long poll without polling: one
-subscription to the event log wakes the waiters for the box a message was
-stored in, a reactor timer bounds the wait, and a client that goes away is
-forgotten at once.
+subscription to the event log wakes the box a message was stored in, which
+scans once in the worker thread and hands the result to all its waiters; a
+reactor timer bounds the wait, a client that goes away is forgotten at once,
+and the number of waiters is capped per box and in total.
 """
 
 from __future__ import annotations
@@ -41,17 +45,20 @@ from mailhost.accounts import AccountError, check_password_text
 from mailhost.addresses import AddressError, account_name
 from mailhost.config import ConfigError, parse_duration, parse_instant, parse_state
 from mailhost.faults import FaultError
-from mailhost.maildir import PopMailbox, uid_of
+from mailhost.maildir import _name_order, ensure_maildir, uid_of
 from mailhost.policy import SMTP_AFTER_POP, SMTP_AUTH, Schemes
 from mailhost.provider import Provider
 from mailhost.throttle import AuthThrottle
-from mailhost.web.messages import Filter, Summary, detail, summarise
+from mailhost.web.messages import Filter, Summary, detail, summarise_file
 
 MAX_BODY = 1024 * 1024
 MAX_WAIT = 60.0
 """Longest long poll, in seconds: a client never hangs on the server."""
 DEFAULT_EVENT_LIMIT = 1000
 MAX_EVENT_LIMIT = 10_000
+MAX_WAITERS_PER_BOX = 64
+MAX_WAITERS = 512
+"""Long polls held at once, per box and in all: each holds a connection and a timer."""
 
 Payload = dict[str, Any] | bytes | None
 Reply = tuple[int, Payload]
@@ -210,15 +217,28 @@ def changed_schemes(schemes: Schemes, body: dict[str, Any]) -> Schemes:
 # --- blocking file work (run through provider.run_blocking) -----------------------------
 
 
-def read_box(path: Path) -> list[tuple[str, bytes]]:
-    """Blocking: every message in the Maildir as (file name, bytes), in POP3 order."""
+def summarise_box(path: Path) -> list[Summary]:
+    """Blocking: the summary of every message in the Maildir, in POP3 order.
+
+    Each file's header block and ``stat`` size are all that is read. This
+    lists the box itself rather than through ``PopMailbox.scan``, which reads
+    a whole file to size it when its name carries no ``,W=``.
+    """
+    ensure_maildir(path)
     found = []
-    for message in PopMailbox.scan(path).messages:
+    for subdir in ("new", "cur"):
+        with os.scandir(path / subdir) as entries:
+            for entry in entries:
+                if not entry.name.startswith(".") and entry.is_file():
+                    found.append((subdir, entry.name))
+    found.sort(key=lambda item: (_name_order(item[1]), item[0]))  # as PopMailbox.scan orders
+    summaries = []
+    for subdir, name in found:
         try:
-            found.append((message.name, (path / message.subdir / message.name).read_bytes()))
+            summaries.append(summarise_file(path / subdir / name))
         except FileNotFoundError:  # removed meanwhile (POP3 QUIT, another API call)
             continue
-    return found
+    return summaries
 
 
 def find_file(path: Path, message_id: str) -> Path | None:
@@ -234,14 +254,20 @@ def find_file(path: Path, message_id: str) -> Path | None:
     return None
 
 
-def read_message(path: Path, message_id: str) -> tuple[str, bytes] | None:
+def read_message(path: Path, message_id: str, raw: bool = False) -> bytes | dict[str, Any] | None:
+    """Blocking: one message as stored (``raw``) or fully parsed, or None if it is gone.
+
+    The parse happens here too: a large message's MIME tree is built in the
+    worker thread, not on the reactor.
+    """
     found = find_file(path, message_id)
     if found is None:
         return None
     try:
-        return found.name, found.read_bytes()
+        data = found.read_bytes()
     except FileNotFoundError:
         return None
+    return data if raw else detail(found.name, data)
 
 
 def remove_message(path: Path, message_id: str) -> bool:
@@ -283,26 +309,25 @@ def empty_all(root: Path, outbox: Path) -> int:
 
 
 class _Wait:
-    """One ``?wait=`` request: rescans its box when mail is stored there, until enough match."""
+    """One ``?wait=`` request: answered from its box's scans once enough match, or at expiry."""
 
     def __init__(
         self,
         api: ApiResource,
         request: Request,
-        box: _Box,
+        watch: _Watch,
         matching: Filter,
         count: int,
         wait: float,
     ) -> None:
         self.api = api
-        self.box = box
+        self.watch = watch
         self.matching = matching
         self.count = count
         self.result: defer.Deferred[Reply] = defer.Deferred()
         self.expired = False
-        self.scanning = False
-        self.again = False
         api.waiters.add(self)
+        watch.waiters.add(self)
         self.timer: IDelayedCall | None = api.provider.clock.reactor_time.callLater(
             wait, self._expire
         )
@@ -310,47 +335,85 @@ class _Wait:
 
     def _forget(self) -> None:
         self.api.waiters.discard(self)
+        self.watch.discard(self)
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
         self.timer = None
 
     def _expire(self) -> None:
+        # Answer from a fresh scan, not the last one: mail may have been removed
+        # (POP3, the API) without an event. Scans are coalesced, so this is cheap.
         self.timer = None
         self.expired = True
-        self.check()
+        self.watch.scan()
+
+    def offer(self, summaries: list[Summary]) -> None:
+        """A finished scan of the box: reply if enough match or the time is up."""
+        if self.result.called:
+            return
+        matched = [s for s in summaries if self.matching.matches(s)]
+        if self.expired or len(matched) >= self.count:
+            self._forget()
+            self.result.callback((200, {"messages": [s.to_json() for s in matched]}))
+
+    def fail(self, failure: Failure) -> None:
+        self._forget()
+        if not self.result.called:
+            self.result.errback(failure)
+
+
+class _Watch:
+    """The waiters of one box and its scans: at most one runs, and one more is owed.
+
+    A delivery while a scan runs only marks the box dirty, so a burst of
+    deliveries to a box with many waiters costs two scans, not one per
+    delivery per waiter.
+    """
+
+    def __init__(self, api: ApiResource, box: _Box) -> None:
+        self.api = api
+        self.box = box
+        self.waiters: set[_Wait] = set()
+        self.scanning = False
+        self.dirty = False
 
     def concerns(self, event: dict[str, Any]) -> bool:
         if self.box.account is None:
             return bool(event.get("relayed"))
         return self.box.account in (event.get("mailboxes") or ())
 
-    def check(self) -> None:
-        if self.result.called:
-            return
+    def scan(self) -> None:
         if self.scanning:
-            self.again = True
+            self.dirty = True
             return
         self.scanning = True
-        d = self.api.provider.run_blocking(read_box, self.box.path)
+        self.dirty = False
+        d = self.api.provider.run_blocking(summarise_box, self.box.path)
         d.addCallbacks(self._scanned, self._failed)
 
-    def _scanned(self, found: list[tuple[str, bytes]]) -> None:
+    def _scanned(self, summaries: list[Summary]) -> None:
         self.scanning = False
-        if self.result.called:
-            return
-        matched = [s for s in (summarise(n, raw) for n, raw in found) if self.matching.matches(s)]
-        if self.expired or len(matched) >= self.count:
-            self._forget()
-            self.result.callback((200, {"messages": [s.to_json() for s in matched]}))
-        elif self.again:
-            self.again = False
-            self.check()
+        for waiter in list(self.waiters):
+            waiter.offer(summaries)
+        self._next()
 
     def _failed(self, failure: Failure) -> None:
         self.scanning = False
-        self._forget()
-        if not self.result.called:
-            self.result.errback(failure)
+        for waiter in list(self.waiters):
+            waiter.fail(failure)
+        self._next()
+
+    def _next(self) -> None:
+        if self.dirty and self.waiters:
+            self.scan()
+        elif not self.waiters:
+            self.dirty = False
+            self.api.watches.pop(self.box, None)
+
+    def discard(self, waiter: _Wait) -> None:
+        self.waiters.discard(waiter)
+        if not self.waiters and not self.scanning:
+            self.api.watches.pop(self.box, None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -378,6 +441,7 @@ class ApiResource(Resource):
         self.initial_schemes = provider.schemes
         self.initial_offset = provider.clock.offset
         self.waiters: set[_Wait] = set()
+        self.watches: dict[_Box, _Watch] = {}
         provider.events.subscribe(self._on_event)
         P = None  # a path parameter
         self.routes: list[tuple[bytes, tuple[str | None, ...], Handler]] = [
@@ -479,9 +543,9 @@ class ApiResource(Resource):
     def _on_event(self, event: dict[str, Any]) -> None:
         if event.get("kind") != events.MESSAGE_STORED:
             return
-        for waiter in list(self.waiters):
-            if waiter.concerns(event):
-                waiter.check()
+        for watch in list(self.watches.values()):
+            if watch.concerns(event):
+                watch.scan()
 
     # health and accounts
 
@@ -498,7 +562,12 @@ class ApiResource(Resource):
         def refused(failure: Failure) -> None:
             failure.trap(AccountError)
             message = str(failure.value)
-            status = 409 if "already exists" in message else 404
+            if "already exists" in message:
+                status = 409
+            elif message.startswith("no account"):
+                status = 404
+            else:  # a refused value (the address, the password): the request is at fault
+                status = 400
             raise ApiError(status, message, "address")
 
         return d.addErrback(refused)
@@ -572,28 +641,34 @@ class ApiResource(Resource):
         count = query_int(request, "count", 1, 1, 100_000)
         matching = Filter(query(request, "subject"), query(request, "from"), query(request, "to"))
         if wait > 0:
-            waiter = _Wait(self, request, box, matching, count, wait)
-            waiter.check()
+            watch = self.watches.get(box)
+            if len(self.waiters) >= MAX_WAITERS or (
+                watch is not None and len(watch.waiters) >= MAX_WAITERS_PER_BOX
+            ):
+                raise ApiError(503, "too many waiting requests")
+            if watch is None:
+                watch = self.watches[box] = _Watch(self, box)
+            waiter = _Wait(self, request, watch, matching, count, wait)
+            watch.scan()
             return waiter.result
 
-        def listed(found: list[tuple[str, bytes]]) -> Reply:
-            summaries: list[Summary] = [summarise(name, raw) for name, raw in found]
+        def listed(summaries: list[Summary]) -> Reply:
             return 200, {"messages": [s.to_json() for s in summaries if matching.matches(s)]}
 
-        return self.provider.run_blocking(read_box, box.path).addCallback(listed)
+        return self.provider.run_blocking(summarise_box, box.path).addCallback(listed)
 
     def _get(self, request: Request, box: _Box, message_id: str) -> defer.Deferred[Reply]:
         form = query(request, "format")
         if form not in (None, "json", "raw"):
             raise _bad("format", "expected json or raw")
 
-        def found(message: tuple[str, bytes] | None) -> Reply:
+        def found(message: bytes | dict[str, Any] | None) -> Reply:
             if message is None:
                 raise ApiError(404, f"no message {message_id}", "id")
-            name, raw = message
-            return (200, raw) if form == "raw" else (200, detail(name, raw))
+            return 200, message
 
-        return self.provider.run_blocking(read_message, box.path, message_id).addCallback(found)
+        d = self.provider.run_blocking(read_message, box.path, message_id, form == "raw")
+        return d.addCallback(found)
 
     def _remove(self, box: _Box, message_id: str) -> defer.Deferred[Reply]:
         def removed(done: bool) -> Reply:

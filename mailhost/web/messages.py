@@ -5,11 +5,14 @@ A stored message starts with the lines delivery wrote: ``Return-Path`` and
 the outbox copy, then mailhost's ``Received`` header whose comment names the
 scheme that let the message in. Everything here is read back from those
 headers, so the API needs no index beside the Maildir and shows what a
-POP3 client would see. No I/O and no clock: callers pass the bytes.
+POP3 client would see. No clock, and no I/O except :func:`summarise_file`,
+which is blocking and runs in the worker thread: it reads only the header
+block, so listing a box of large messages costs what their headers cost.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,12 +20,16 @@ from email import message_from_bytes
 from email import policy as email_policy
 from email.message import Message
 from email.utils import getaddresses, parsedate_to_datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from mailhost.maildir import pop3_uid, uid_of
 
 _SCHEME_COMMENT = re.compile(r"\((smtp-auth|smtp-after-pop): ([^\s()]+)(?: from [^\s()]+)?\)")
 _NAME_SECONDS = re.compile(r"^([0-9]+)\.(?:M([0-9]{1,6}))?")
+
+MAX_HEADER = 256 * 1024
+"""Most header bytes a summary reads: a file without a blank line is not read whole."""
 
 
 def _parse(raw: bytes) -> Message:
@@ -118,8 +125,12 @@ class Summary:
         }
 
 
-def summarise(filename: str, raw: bytes) -> Summary:
-    """The summary of a stored message from its Maildir file name and bytes."""
+def summarise(filename: str, raw: bytes, size: int | None = None) -> Summary:
+    """The summary of a stored message from its Maildir file name and bytes.
+
+    ``raw`` may be just the header block (the summary reads nothing else);
+    ``size`` is then the whole file's size, which defaults to ``len(raw)``.
+    """
     message = _parse(raw)
     envelope_from = message.get("Return-Path") or message.get("X-Envelope-From")
     envelope_to = message.get_all("Delivered-To") or message.get_all("X-Envelope-To") or []
@@ -136,7 +147,7 @@ def summarise(filename: str, raw: bytes) -> Summary:
         subject=None if subject is None else _decoded(subject),
         from_=None if sender is None else _decoded(sender),
         to=None if to is None else _decoded(to),
-        size=len(raw),
+        size=len(raw) if size is None else size,
         received_at=received_at(received, filename),
         scheme=scheme,
         authorised_account=account,
@@ -145,6 +156,33 @@ def summarise(filename: str, raw: bytes) -> Summary:
             _addresses((message.get_all("To") or []) + (message.get_all("Cc") or []))
         ),
     )
+
+
+def read_header(stream: BinaryIO, limit: int = MAX_HEADER) -> bytes:
+    """The header block of a message: lines up to and including the first empty one.
+
+    Reading stops after ``limit`` bytes, so a file with no blank line (or a
+    huge header) costs at most that much memory.
+    """
+    lines = []
+    left = limit
+    while left > 0:
+        line = stream.readline(left)
+        if not line:
+            break
+        lines.append(line)
+        left -= len(line)
+        if line in (b"\n", b"\r\n"):
+            break
+    return b"".join(lines)
+
+
+def summarise_file(path: Path) -> Summary:
+    """Blocking: the summary of the message stored at ``path``, from its header block and size."""
+    with open(path, "rb") as stream:
+        header = read_header(stream)
+        size = os.fstat(stream.fileno()).st_size
+    return summarise(path.name, header, size)
 
 
 def body_text(raw: bytes) -> str:

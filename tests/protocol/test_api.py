@@ -664,3 +664,146 @@ def test_a_token_with_surrounding_spaces_still_matches(provider, clock):
     """A token given with stray spaces (from a file or env) is compared without them."""
     api = Client(ApiSite(provider, clock, token=" sekrit "))
     assert api("GET", "/api/health", headers={"Authorization": "Bearer sekrit"}).status == 200
+
+
+# --- work off the reactor, bounded long polls ------------------------------------------
+
+
+def test_summaries_are_built_in_the_worker_thread(api, provider, monkeypatch):
+    """A listing reads and parses nothing on the reactor: no summary exists until the
+    queued work runs, and only then does the reply go out."""
+    from mailhost.testing import QueuedRunBlocking
+    from mailhost.web import api as api_module
+
+    store(provider)
+    built: list[str] = []
+    original = api_module.summarise_file
+
+    def counting(path):
+        built.append(path.name)
+        return original(path)
+
+    monkeypatch.setattr(api_module, "summarise_file", counting)
+    queued = QueuedRunBlocking()
+    provider.run_blocking = queued
+    exchange = api.send("GET", f"/api/mailboxes/{ALICE}/messages")
+    assert (exchange.response(), built, len(queued.queue)) == (None, [], 1)
+    queued.run_all()
+    response = exchange.response()
+    assert (response.status, len(response.json()["messages"]), len(built)) == (200, 1, 1)
+
+
+def test_message_detail_is_parsed_in_the_worker_thread(api, provider, monkeypatch):
+    """The full parse of one message waits for the queued work too."""
+    from mailhost.testing import QueuedRunBlocking
+    from mailhost.web import api as api_module
+
+    store(provider)
+    [summary] = api("GET", f"/api/mailboxes/{ALICE}/messages").json()["messages"]
+    message_id = summary["id"]
+    parsed: list[str] = []
+    original = api_module.detail
+
+    def counting(name, raw):
+        parsed.append(name)
+        return original(name, raw)
+
+    monkeypatch.setattr(api_module, "detail", counting)
+    queued = QueuedRunBlocking()
+    provider.run_blocking = queued
+    exchange = api.send("GET", f"/api/mailboxes/{ALICE}/messages/{message_id}")
+    assert (exchange.response(), parsed) == (None, [])
+    queued.run_all()
+    response = exchange.response()
+    assert (response.status, response.json()["id"], len(parsed)) == (200, message_id, 1)
+
+
+def test_a_large_message_is_listed_from_its_header(api, provider):
+    """A stored message with a 5 MB body is summarised with its full size."""
+    box = provider.data.mailbox(ALICE)
+    (box / "new").mkdir(parents=True, exist_ok=True)
+    body = b"x" * 76 + b"\n"
+    raw = b"From: bob@example.org\nSubject: big\n\n" + body * (5 * 1024 * 1024 // len(body))
+    (box / "new" / "1378079940.M1P2.host").write_bytes(raw)
+    [summary] = api("GET", f"/api/mailboxes/{ALICE}/messages").json()["messages"]
+    assert (summary["subject"], summary["size"]) == ("big", len(raw))
+
+
+def test_too_many_waiters_is_503(api, monkeypatch):
+    """Long polls are capped per box and in all; past a cap the reply is a 503 at once."""
+    from mailhost.web import api as api_module
+
+    monkeypatch.setattr(api_module, "MAX_WAITERS_PER_BOX", 2)
+    monkeypatch.setattr(api_module, "MAX_WAITERS", 3)
+    held = [api.send("GET", f"/api/mailboxes/{ALICE}/messages?wait=30") for _ in range(2)]
+    assert [e.response() for e in held] == [None, None]
+    refused = api("GET", f"/api/mailboxes/{ALICE}/messages?wait=30")
+    assert (refused.status, refused.json()) == (
+        503,
+        {"error": "too many waiting requests", "field": None},
+    )
+    held.append(api.send("GET", f"/api/mailboxes/{BOB}/messages?wait=30"))
+    assert held[-1].response() is None
+    assert api("GET", "/api/outbox/messages?wait=30").status == 503
+    held[0].disconnect()
+    assert api.send("GET", "/api/outbox/messages?wait=30").response() is None
+
+
+def test_one_delivery_scans_the_box_once_for_all_its_waiters(api, site, provider, monkeypatch):
+    """Ten waiters on a box cost one scan per delivery, and all of them get its result."""
+    from mailhost.web import api as api_module
+
+    scans: list[object] = []
+    original = api_module.summarise_box
+
+    def counting(path):
+        scans.append(path)
+        return original(path)
+
+    monkeypatch.setattr(api_module, "summarise_box", counting)
+    waiting = [api.send("GET", f"/api/mailboxes/{ALICE}/messages?wait=30") for _ in range(10)]
+    scans.clear()
+    store(provider)
+    assert len(scans) == 1
+    assert {e.response().status for e in waiting} == {200}
+    assert site.resource.waiters == set() and site.resource.watches == {}
+
+
+def test_deliveries_during_a_scan_are_coalesced(api, provider, monkeypatch):
+    """Deliveries while a scan runs mark the box dirty: one more scan follows, not one each."""
+    from mailhost.testing import QueuedRunBlocking
+    from mailhost.web import api as api_module
+
+    waiting = [
+        api.send("GET", f"/api/mailboxes/{ALICE}/messages?wait=30&count=4") for _ in range(5)
+    ]
+    queued = QueuedRunBlocking()
+    inline = provider.run_blocking
+
+    def scans_queued(f, *args):
+        return (queued if f is api_module.summarise_box else inline)(f, *args)
+
+    provider.run_blocking = scans_queued
+    for _ in range(3):
+        store(provider)
+    assert len(queued.queue) == 1
+    queued.run_one()
+    assert len(queued.queue) == 1  # the owed rescan, for the deliveries during the first
+    queued.run_one()
+    assert queued.queue == []
+    assert [e.response() for e in waiting] == [None] * 5
+    store(provider)
+    queued.run_all()
+    assert [len(e.response().json()["messages"]) for e in waiting] == [4] * 5
+
+
+def test_a_refused_account_value_is_400(api, provider, monkeypatch):
+    """An AccountError that is neither a duplicate nor a missing account is the request's fault."""
+    from mailhost.accounts import AccountError
+
+    def refuse(*args):
+        raise AccountError("the password is empty")
+
+    monkeypatch.setattr(provider.accounts.file, "add", refuse)
+    response = api("POST", "/api/accounts", {"address": "carol@example.org", "password": "x"})
+    assert (response.status, response.json()["field"]) == (400, "address")

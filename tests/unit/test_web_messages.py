@@ -90,3 +90,51 @@ def test_body_of_broken_mime_is_best_effort():
     """Bytes that are not valid in their charset still give text."""
     raw = b"Content-Type: text/plain; charset=utf-8\n\n\xff\xfe ok\n"
     assert "ok" in body_text(raw)
+
+
+def test_a_file_summary_reads_only_the_header(tmp_path, monkeypatch):
+    """summarise_file stops at the blank line: a 5 MB body is never read, yet the size is whole."""
+    from mailhost.web import messages
+
+    path = tmp_path / (NAME + ":2,S")
+    path.write_bytes(LOCAL + b"y" * (5 * 1024 * 1024))
+    read: list[int] = []
+
+    class Counting:
+        def __init__(self, stream):
+            self.stream = stream
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.stream.close()
+
+        def readline(self, limit=-1):
+            line = self.stream.readline(limit)
+            read.append(len(line))
+            return line
+
+        def read(self, n=-1):
+            data = self.stream.read(n)
+            read.append(len(data))
+            return data
+
+        def fileno(self):
+            return self.stream.fileno()
+
+    monkeypatch.setattr(messages, "open", lambda p, mode: Counting(open(p, mode)), raising=False)
+    summary = messages.summarise_file(path)
+    assert sum(read) == LOCAL.index(b"\n\n") + 2
+    assert summary == summarise(NAME + ":2,S", LOCAL, size=len(LOCAL) + 5 * 1024 * 1024)
+    assert summary.subject == "Grüße"
+
+
+def test_a_header_without_an_end_is_read_up_to_the_limit():
+    """A file with no blank line costs at most the header limit."""
+    import io
+
+    from mailhost.web.messages import read_header
+
+    header = read_header(io.BytesIO(b"Subject: x\n" + b"X-Long: " + b"z" * 10_000), limit=100)
+    assert header.startswith(b"Subject: x\n") and len(header) == 100
