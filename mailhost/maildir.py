@@ -181,6 +181,22 @@ def _stored_pop3_size(path: Path) -> int:
     return pop3_size(path.read_bytes())
 
 
+def message_files(path: Path) -> list[tuple[str, str]]:
+    """``(subdir, name)`` of every message a reader may see (new/ and cur/), in POP3 order.
+
+    Blocks. tmp/ holds unfinished deliveries and dotfiles are not messages.
+    """
+    ensure_maildir(path)
+    found = []
+    for subdir in ("new", "cur"):
+        with os.scandir(path / subdir) as entries:
+            for entry in entries:
+                if not entry.name.startswith(".") and entry.is_file():
+                    found.append((subdir, entry.name))
+    found.sort(key=lambda item: (_name_order(item[1]), item[0]))
+    return found
+
+
 @dataclass(frozen=True)
 class PopMessage:
     subdir: str
@@ -265,17 +281,9 @@ class PopMailbox:
 
     @classmethod
     def scan(cls, path: Path) -> PopMailbox:
-        ensure_maildir(path)
-        found = []
-        for subdir in ("new", "cur"):
-            with os.scandir(path / subdir) as entries:
-                for entry in entries:
-                    if not entry.name.startswith(".") and entry.is_file():
-                        found.append((subdir, entry.name))
-        found.sort(key=lambda item: (_name_order(item[1]), item[0]))
         messages = [
             PopMessage(subdir, name, pop3_uid(name), _stored_pop3_size(path / subdir / name))
-            for subdir, name in found
+            for subdir, name in message_files(path)
         ]
         return cls(path, messages)
 

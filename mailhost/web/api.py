@@ -45,7 +45,7 @@ from mailhost.accounts import AccountError, check_password_text
 from mailhost.addresses import AddressError, account_name
 from mailhost.config import ConfigError, parse_duration, parse_instant, parse_state
 from mailhost.faults import FaultError
-from mailhost.maildir import _name_order, ensure_maildir, uid_of
+from mailhost.maildir import message_files, uid_of
 from mailhost.policy import SMTP_AFTER_POP, SMTP_AUTH, Schemes
 from mailhost.provider import Provider
 from mailhost.throttle import AuthThrottle
@@ -224,16 +224,8 @@ def summarise_box(path: Path) -> list[Summary]:
     lists the box itself rather than through ``PopMailbox.scan``, which reads
     a whole file to size it when its name carries no ``,W=``.
     """
-    ensure_maildir(path)
-    found = []
-    for subdir in ("new", "cur"):
-        with os.scandir(path / subdir) as entries:
-            for entry in entries:
-                if not entry.name.startswith(".") and entry.is_file():
-                    found.append((subdir, entry.name))
-    found.sort(key=lambda item: (_name_order(item[1]), item[0]))  # as PopMailbox.scan orders
     summaries = []
-    for subdir, name in found:
+    for subdir, name in message_files(path):
         try:
             summaries.append(summarise_file(path / subdir / name))
         except FileNotFoundError:  # removed meanwhile (POP3 QUIT, another API call)
