@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import ISSLTransport, ITLSTransport
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -24,10 +25,11 @@ from mailhost.blocking import run_inline
 from mailhost.clock import ServerClock
 from mailhost.config import DataDir, Limits
 from mailhost.events import EventLog
-from mailhost.policy import Schemes
+from mailhost.policy import Role, Schemes
 from mailhost.pop_logins import PopLoginTable
 from mailhost.provider import Provider
 from mailhost.schedule import Schedule
+from mailhost.smtp import SMTPFactory
 from mailhost.throttle import AuthThrottle
 
 TEST_COST = 4
@@ -156,3 +158,38 @@ class QueuedRunBlocking:
     def run_all(self) -> None:
         while self.queue:
             self.run_one()
+
+
+class SMTPSession:
+    """One SMTP connection driven in memory: ``send`` writes once and returns the reply lines.
+
+    The default transport can start TLS and comes from 127.0.0.2, a loopback
+    client address; pass another transport for another peer or plain TCP.
+    """
+
+    def __init__(
+        self, provider: Provider, role: Role = Role.MX, transport: StringTransport | None = None
+    ) -> None:
+        if transport is None:
+            transport = TLSTransport(peerAddress=IPv4Address("TCP", "127.0.0.2", 40000))
+        self.transport = transport
+        self.server = SMTPFactory(provider, role).buildProtocol(None)
+        self.server.makeConnection(self.transport)
+        self.greeting = self.replies()
+
+    def replies(self) -> list[str]:
+        out = self.transport.value().decode("ascii")
+        self.transport.clear()
+        return out.splitlines()
+
+    def send(self, *lines: str) -> list[str]:
+        self.server.dataReceived("".join(line + "\r\n" for line in lines).encode("latin-1"))
+        return self.replies()
+
+    def __call__(self, line: str) -> str:
+        """Send one command and return its (last) reply line."""
+        return self.send(line)[-1]
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.transport.disconnecting)

@@ -15,11 +15,10 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
 from twisted.python import failure
 
-from mailhost import events
+from mailhost import events, testing
 from mailhost.blocking import run_inline
 from mailhost.policy import SENDER_UNBOUND, Role
 from mailhost.pop3 import POP3Factory
-from mailhost.smtp import SMTPFactory
 from mailhost.testing import ImplicitTLSTransport, TLSTransport, make_clock, make_provider
 from mailhost.throttle import AuthThrottle, ThrottleSettings
 
@@ -40,24 +39,8 @@ def plain(user=ALICE, password="alice-secret"):
     return base64.b64encode(f"\0{user}\0{password}".encode()).decode("ascii")
 
 
-class SMTPSession:
-    def __init__(self, provider, peer=OUTSIDER, role=Role.SUBMISSION, transport=None):
-        self.transport = transport if transport is not None else TLSTransport(peerAddress=peer)
-        self.server = SMTPFactory(provider, role).buildProtocol(None)
-        self.server.makeConnection(self.transport)
-        self.replies()
-
-    def replies(self):
-        out = self.transport.value().decode("ascii")
-        self.transport.clear()
-        return out.splitlines()
-
-    def send(self, *lines):
-        self.server.dataReceived("".join(line + "\r\n" for line in lines).encode("latin-1"))
-        return self.replies()
-
-    def __call__(self, line):
-        return self.send(line)[-1]
+def SMTPSession(provider, peer=OUTSIDER, role=Role.SUBMISSION, transport=None):
+    return testing.SMTPSession(provider, role, transport or TLSTransport(peerAddress=peer))
 
 
 class POP3Session:

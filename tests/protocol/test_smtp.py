@@ -15,11 +15,10 @@ from mailhost.smtp import (
     MessageReader,
     PathArgument,
     Refusal,
-    SMTPFactory,
     data_line,
     parse_path_argument,
 )
-from mailhost.testing import QueuedRunBlocking, make_clock, make_provider
+from mailhost.testing import QueuedRunBlocking, SMTPSession, make_clock, make_provider
 
 GRANT_IP = "127.0.0.2"
 OTHER_IP = "127.0.0.3"
@@ -27,31 +26,11 @@ CUTOVER = datetime(2013, 9, 2, tzinfo=UTC)
 REMOTE = "relaytest@elsewhere.example"
 
 
-class Session:
-    """One SMTP connection over StringTransport; ``send`` writes once and returns the replies."""
+class Session(SMTPSession):
+    """An SMTP connection over plain TCP from ``ip`` (127.0.0.2 by default)."""
 
     def __init__(self, provider, role=Role.MX, ip=GRANT_IP):
-        self.transport = StringTransport(peerAddress=IPv4Address("TCP", ip, 40000))
-        self.server = SMTPFactory(provider, role).buildProtocol(None)
-        self.server.makeConnection(self.transport)
-        self.greeting = self.replies()
-
-    def replies(self):
-        out = self.transport.value().decode("ascii")
-        self.transport.clear()
-        return out.splitlines()
-
-    def send(self, *lines):
-        self.server.dataReceived("".join(line + "\r\n" for line in lines).encode("latin-1"))
-        return self.replies()
-
-    def __call__(self, line):
-        """Send one command and return its (last) reply line."""
-        return self.send(line)[-1]
-
-    @property
-    def closed(self):
-        return self.transport.disconnecting
+        super().__init__(provider, role, StringTransport(peerAddress=IPv4Address("TCP", ip, 40000)))
 
 
 def b64(data):

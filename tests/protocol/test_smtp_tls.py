@@ -7,11 +7,10 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
 from mailhost.policy import Role
-from mailhost.smtp import SMTPFactory
 from mailhost.testing import (
     ImplicitTLSTransport,
     QueuedRunBlocking,
-    TLSTransport,
+    SMTPSession,
     make_clock,
     make_provider,
 )
@@ -22,26 +21,7 @@ TLS_OPTIONS = object()
 """Stands in for a CertificateOptions: the fake transport only records it."""
 
 
-class Session:
-    """One SMTP connection; ``send`` writes once and returns the reply lines."""
-
-    def __init__(self, provider, role=Role.MX, transport=None):
-        self.transport = transport if transport is not None else TLSTransport(peerAddress=LOOPBACK)
-        self.server = SMTPFactory(provider, role).buildProtocol(None)
-        self.server.makeConnection(self.transport)
-        self.greeting = self.replies()
-
-    def replies(self):
-        out = self.transport.value().decode("ascii")
-        self.transport.clear()
-        return out.splitlines()
-
-    def send(self, *lines):
-        self.server.dataReceived("".join(line + "\r\n" for line in lines).encode("latin-1"))
-        return self.replies()
-
-    def __call__(self, line):
-        return self.send(line)[-1]
+Session = SMTPSession
 
 
 def plain(user="alice@example.org", password="alice-secret"):
