@@ -6,12 +6,15 @@ protocol test drives a server over ``StringTransport`` with no reactor at all.
 
 from __future__ import annotations
 
+import json
 import poplib
+import select
 import socket
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
@@ -193,3 +196,18 @@ class SMTPSession:
     @property
     def closed(self) -> bool:
         return bool(self.transport.disconnecting)
+
+
+def read_ready_report(stream: IO[str], timeout: float) -> dict[str, Any] | None:
+    """The JSON ready line ``mailhost serve`` prints, or None at end of output or timeout."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        readable, _, _ = select.select([stream], [], [], left)
+        if not readable:
+            return None
+        line = stream.readline()
+        if not line:
+            return None
+        if line.startswith("{"):
+            return json.loads(line)
+    return None

@@ -7,16 +7,13 @@ runs ``mailhost serve`` exactly as a user would and reads its JSON ready line.
 
 from __future__ import annotations
 
-import json
 import os
-import select
 import signal
 import smtplib
 import ssl
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -30,7 +27,7 @@ from mailhost.accounts import DEMO_ACCOUNTS, AccountFile
 from mailhost.config import Listeners, ServeConfig
 from mailhost.policy import Schemes
 from mailhost.schedule import Schedule
-from mailhost.testing import DEFAULT_START, TEST_COST, SourcePOP3
+from mailhost.testing import DEFAULT_START, TEST_COST, SourcePOP3, read_ready_report
 
 HOST = "127.0.0.1"
 READY_TIMEOUT = 20.0
@@ -166,17 +163,10 @@ def serve_process() -> Iterator[Callable[..., ServeProcess]]:
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         started.append(process)
-        deadline = time.monotonic() + READY_TIMEOUT
         assert process.stdout is not None
-        while time.monotonic() < deadline:
-            readable, _, _ = select.select([process.stdout], [], [], deadline - time.monotonic())
-            if not readable:
-                break
-            line = process.stdout.readline()
-            if not line:
-                break
-            if line.startswith("{"):
-                return ServeProcess(process, json.loads(line))
+        report = read_ready_report(process.stdout, READY_TIMEOUT)
+        if report is not None:
+            return ServeProcess(process, report)
         process.kill()
         _, err = process.communicate(timeout=10)
         raise AssertionError(f"mailhost serve never became ready: {err}")

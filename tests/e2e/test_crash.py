@@ -12,12 +12,10 @@ whatever happened, and the counts of what happened are only bounded below.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import poplib
 import random
 import re
-import select
 import signal
 import smtplib
 import subprocess
@@ -35,7 +33,7 @@ import pytest
 
 from mailhost.accounts import AccountFile, hash_password, parse_users, verify_password
 from mailhost.maildir import deliver, pop3_size, pop3_uid
-from mailhost.testing import TEST_COST
+from mailhost.testing import TEST_COST, read_ready_report
 
 pytestmark = pytest.mark.e2e
 
@@ -87,16 +85,9 @@ class Processes:
             text=True,
         )
         assert process.stdout is not None
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
-            readable, _, _ = select.select([process.stdout], [], [], deadline - time.monotonic())
-            if not readable:
-                break
-            line = process.stdout.readline()
-            if not line:
-                break
-            if line.startswith("{"):
-                return json.loads(line)["ports"]
+        report = read_ready_report(process.stdout, READY_TIMEOUT)
+        if report is not None:
+            return report["ports"]
         self.kill(process)
         raise AssertionError(f"mailhost serve never became ready: {self.log_dir}")
 
