@@ -17,7 +17,7 @@ from mailhost import delivery, policy
 from mailhost.accounts import verify_password
 from mailhost.policy import Recipient, Role
 from mailhost.schedule import Schedule
-from mailhost.testing import DEFAULT_START, make_clock, make_provider
+from mailhost.testing import DEFAULT_START, make_provider
 from mailhost.web import ApiSite
 
 ALICE = "alice@example.org"
@@ -83,11 +83,6 @@ class Client:
         response = self.send(method, path, body, **kw).response()
         assert response is not None, "no reply"
         return response
-
-
-@pytest.fixture
-def clock():
-    return make_clock()
 
 
 @pytest.fixture

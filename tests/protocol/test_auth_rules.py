@@ -19,7 +19,7 @@ from mailhost import events, testing
 from mailhost.blocking import run_inline
 from mailhost.policy import SENDER_UNBOUND, Role
 from mailhost.pop3 import POP3Factory
-from mailhost.testing import ImplicitTLSTransport, TLSTransport, make_clock, make_provider
+from mailhost.testing import ImplicitTLSTransport, TLSTransport, make_provider
 from mailhost.throttle import AuthThrottle, ThrottleSettings
 
 ALICE = "alice@example.org"
@@ -79,11 +79,6 @@ class CountingRunBlocking:
     def __call__(self, f, *args):
         self.calls += 1
         return run_inline(f, *args)
-
-
-@pytest.fixture
-def clock():
-    return make_clock()
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from mailhost.policy import Role
 from mailhost.pop3 import POP3Factory
 from mailhost.provider import Provider
 from mailhost.smtp import SMTPFactory
-from mailhost.testing import make_clock, make_provider
+from mailhost.testing import make_provider
 
 ALICE = "alice@example.org"
 PEER = IPv4Address("TCP", "127.0.0.2", 40000)
@@ -53,11 +53,6 @@ class Session:
     def lost(self) -> None:
         """What the reactor does after loseConnection: tell the protocol it is gone."""
         self.server.connectionLost(failure.Failure(ConnectionDone()))
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return make_clock()
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from mailhost.pop3 import (
     wire_text,
 )
 from mailhost.provider import Provider
-from mailhost.testing import QueuedRunBlocking, make_clock, make_provider
+from mailhost.testing import QueuedRunBlocking, make_provider
 
 ALICE = "alice@example.org"
 PEER = IPv4Address("TCP", "127.0.0.2", 40000)
@@ -67,11 +67,6 @@ class Session:
 
     def drop(self) -> None:
         self.server.connectionLost(failure.Failure(ConnectionDone()))
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return make_clock()
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from mailhost.smtp import (
     data_line,
     parse_path_argument,
 )
-from mailhost.testing import QueuedRunBlocking, SMTPSession, make_clock, make_provider
+from mailhost.testing import QueuedRunBlocking, SMTPSession, make_provider
 
 GRANT_IP = "127.0.0.2"
 OTHER_IP = "127.0.0.3"
@@ -73,11 +73,6 @@ def received(message):
             break
         folded.append(line.strip())
     return "Received: " + " ".join(folded)
-
-
-@pytest.fixture
-def clock():
-    return make_clock()
 
 
 @pytest.fixture

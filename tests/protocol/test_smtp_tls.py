@@ -11,7 +11,6 @@ from mailhost.testing import (
     ImplicitTLSTransport,
     QueuedRunBlocking,
     SMTPSession,
-    make_clock,
     make_provider,
 )
 
@@ -36,11 +35,6 @@ def stored(provider, account="alice@example.org"):
 def received_with(message):
     """The ``with`` keyword of the Received header."""
     return message.decode().split(" with ", 1)[1].split()[0]
-
-
-@pytest.fixture
-def clock():
-    return make_clock()
 
 
 @pytest.fixture
