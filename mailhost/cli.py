@@ -495,11 +495,15 @@ def demo(lang: str, no_color: bool, pause: bool) -> None:
     sys.exit(run_demo(lang, no_color, pause))
 
 
-def _print_event(event: dict[str, Any]) -> None:
+def _event_line(event: dict[str, Any]) -> str:
     fields = " ".join(
         f"{k}={v}" for k, v in event.items() if k not in ("seq", "at", "kind") and v is not None
     )
-    click.echo(f"{event['at']} {event['kind']} {fields}", err=True)
+    return f"{event['at']} {event['kind']} {fields}\n"
+
+
+def _print_events(batch: list[dict[str, Any]]) -> None:
+    click.echo("".join(map(_event_line, batch)), err=True, nl=False)
 
 
 def write_ready_file(path: Path, report: dict[str, Any]) -> None:
@@ -524,7 +528,7 @@ async def _run_server(reactor: Any, config: ServeConfig, tls: TLSIdentity) -> No
     reactor.callWhenRunning(running.callback, None)
     await running  # signal handlers are in place from here, so Ctrl-C shuts down cleanly
     service = MailhostService(config, reactor, tls)
-    service.provider.events.subscribe(_print_event)
+    service.provider.events.add_writer(_print_events)
     service.startService()
     try:
         ports = await service.ready

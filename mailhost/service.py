@@ -98,7 +98,7 @@ def build_provider(
         clock=clock,
         accounts=Accounts(AccountFile(data.users)),
         logins=PopLoginTable(),
-        events=EventLog(data.events),
+        events=EventLog(data.events, schedule_writes=_writes_on(run_blocking)),
         schemes=config.schemes,
         run_blocking=run_blocking,
         run_hashing=run_hashing,
@@ -109,6 +109,18 @@ def build_provider(
         allow_plaintext_auth=config.allow_plaintext_auth,
         throttle=AuthThrottle(config.throttle),
     )
+
+
+_events_log = Logger()
+
+
+def _writes_on(run_blocking: RunBlocking) -> Any:
+    """Run the event log's writes on the storage pool, logging a failure instead of losing it."""
+
+    def schedule(job: Any) -> None:
+        run_blocking(job).addErrback(lambda f: _events_log.failure("writing events failed", f))
+
+    return schedule
 
 
 @dataclass

@@ -7,6 +7,7 @@ runs ``mailhost serve`` exactly as a user would and reads its JSON ready line.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import smtplib
@@ -62,6 +63,12 @@ class RunningServer:
     def advance(self, seconds: float) -> None:
         """Move the server clock forward (grants and schedules follow it)."""
         blockingCallFromThread(self.reactor, self.service.provider.clock.advance, seconds)
+
+    def events_file(self) -> list[dict[str, Any]]:
+        """The events in DIR/events.jsonl once everything emitted so far is written there."""
+        blockingCallFromThread(self.reactor, self.service.provider.events.flush)
+        lines = (self.data / "events.jsonl").read_text().splitlines()
+        return [json.loads(line) for line in lines]
 
     def smtp(self, source: str, role: str = "smtp") -> smtplib.SMTP:
         client = smtplib.SMTP(HOST, self.ports[role], timeout=10, source_address=(source, 0))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import smtplib
 from datetime import UTC, datetime
 
@@ -161,7 +160,7 @@ def test_logins_and_decisions_are_logged_as_json_lines(start_server):
     with server.smtp(BOB_AT_HOME) as client:
         client.mail("bob@example.org")
         client.rcpt(OUTSIDE)
-    events = [json.loads(line) for line in (server.data / "events.jsonl").read_text().splitlines()]
+    events = server.events_file()
     [login] = [e for e in events if e["kind"] == "pop3-login"]
     assert (login["ip"], login["account"]) == (ALICE_AT_CAFE, "alice@example.org")
     relays = [e for e in events if e["kind"] == "smtp-decision" and e["recipient"] == OUTSIDE]

@@ -145,3 +145,62 @@ def test_subscribers_see_every_new_event(log: EventLog):
     log.subscribe(seen.append)
     event = log.emit(POP_LOGIN, datetime(2013, 9, 1, tzinfo=UTC), ip="127.0.0.2")
     assert seen == [event]
+
+
+def test_with_a_scheduler_emit_only_queues_and_one_job_writes_a_batch(tmp_path: Path):
+    """Events emitted while a write job is pending go out together, in order, in one job."""
+    path = tmp_path / "events.jsonl"
+    jobs: list = []
+    log = EventLog(path, schedule_writes=jobs.append)
+    batches: list[list[int]] = []
+    log.add_writer(lambda batch: batches.append([e["seq"] for e in batch]))
+    for n in range(5):
+        log.emit(POP_LOGIN, AT, n=n)
+    assert len(jobs) == 1
+    assert not path.exists()
+    assert [e["seq"] for e in log.recent()] == [1, 2, 3, 4, 5]
+    jobs.pop()()
+    assert [json.loads(line)["n"] for line in path.read_text().splitlines()] == [0, 1, 2, 3, 4]
+    assert batches == [[1, 2, 3, 4, 5]]
+    log.emit(POP_LOGIN, AT, n=5)
+    assert len(jobs) == 1, "a new job once the last one has finished"
+    jobs.pop()()
+    assert batches == [[1, 2, 3, 4, 5], [6]]
+
+
+def test_close_writes_what_is_still_queued(tmp_path: Path):
+    """Shutdown loses no event even when the scheduled job never ran."""
+    path = tmp_path / "events.jsonl"
+    log = EventLog(path, schedule_writes=lambda job: None)
+    log.emit(POP_LOGIN, AT, ip="127.0.0.2")
+    log.emit(SMTP_DECISION, AT, allowed=True)
+    log.close()
+    assert [json.loads(line)["seq"] for line in path.read_text().splitlines()] == [1, 2]
+    log.emit(POP_LOGIN, AT)
+    assert path.read_text().count("\n") == 2, "nothing is appended after close"
+
+
+def test_a_failing_file_does_not_stop_the_writers(tmp_path: Path, capsys):
+    """An unwritable event file is reported on stderr; the console writer still gets events."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    log = EventLog(tmp_path / "events.jsonl")
+    log._path = blocker / "events.jsonl"
+    seen: list[int] = []
+    log.add_writer(lambda batch: seen.extend(e["seq"] for e in batch))
+    log.emit(POP_LOGIN, AT)
+    assert seen == [1]
+    assert "cannot append" in capsys.readouterr().err
+
+
+def test_events_emitted_from_many_threads_are_all_written_once(tmp_path: Path):
+    """Writes run on pool threads while emits go on; every event lands exactly once, in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = tmp_path / "events.jsonl"
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        log = EventLog(path, schedule_writes=pool.submit)
+        for n in range(2000):
+            log.emit(POP_LOGIN, AT, n=n)
+    log.close()
+    assert [json.loads(line)["n"] for line in path.read_text().splitlines()] == list(range(2000))
