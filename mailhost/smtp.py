@@ -153,35 +153,74 @@ class MessageReader:
     """Collects DATA text up to the size limit, reading on to the final dot whatever happens.
 
     Once the message is too big or has an over-long line it can never be
-    stored, so what was collected is dropped and later lines are only counted.
+    stored, so what was collected is dropped and later text is only counted.
     Lines are CRLF-delimited (RFC 5321 §4.1.1.4): a bare LF inside one is
     message text, stored as the line end it means, never an end of data.
+    Text is taken in blocks of whole lines (:meth:`feed_block`); a partial line
+    waits for its end unless it grows past ``max_pending`` octets, when the
+    message is refused and the rest of that line discarded, never buffered.
     """
 
     max_size: int
     max_line: int = MAX_TEXT_LINE
+    max_pending: int = MAX_SASL_LINE
     body: bytearray = field(default_factory=bytearray)
     size: int = 0
     too_big: bool = False
     long_line: bool = False
+    _discarding: bool = False
 
     def feed(self, line: bytes) -> bool:
-        """Take one line as received; True when it was the final dot."""
-        text = data_line(line)
-        if text is None:
-            return True
-        self.size += len(text) + 2
-        longest = max(map(len, text.split(b"\n"))) if b"\n" in text else len(text)
-        if longest + 2 > self.max_line:
-            self.long_line = True
+        """Take one line (without its CRLF); True when it was the final dot."""
+        return self.feed_block(line + b"\r\n")[1]
+
+    def feed_block(self, data: bytes) -> tuple[int, bool]:
+        """Take the whole lines at the start of ``data``, which starts a line.
+
+        Returns how many octets were consumed and whether the final dot was
+        among them (then nothing after it is consumed).
+        """
+        pos = 0
+        if self._discarding:
+            end = data.find(b"\r\n")
+            if end < 0:
+                return len(data) - data.endswith(b"\r"), False
+            pos = end + 2
+            self._discarding = False
+        if data.startswith(b".\r\n", pos):
+            return pos + 3, True
+        final = data.find(b"\r\n.\r\n", pos)
+        if final >= 0:
+            self._take(data[pos : final + 2])
+            return final + 5, True
+        last = data.rfind(b"\r\n", pos)
+        stop = pos if last < 0 else last + 2
+        if stop > pos:
+            self._take(data[pos:stop])
+        if len(data) - stop > self.max_pending:
+            self.line_too_long()
+            self._discarding = True
+            return len(data) - data.endswith(b"\r"), False
+        return stop, False
+
+    def _take(self, lines: bytes) -> None:
+        """Whole CRLF lines: unstuff dots (RFC 5321 §4.5.2), count, check, keep with LF ends."""
+        text = lines[1:] if lines.startswith(b".") else lines
+        text = text.replace(b"\r\n.", b"\r\n")
+        self.size += len(text)
         if self.size > self.max_size:
             self.too_big = True
+        text = text.replace(b"\r\n", b"\n")
+        if (
+            not self.long_line
+            and len(text) >= self.max_line - 1
+            and max(map(len, text.split(b"\n"))) + 2 > self.max_line
+        ):
+            self.long_line = True
         if self.refused:
             self.body = bytearray()
         else:
             self.body += text
-            self.body += b"\n"
-        return False
 
     def line_too_long(self) -> None:
         self.long_line = True
@@ -318,8 +357,6 @@ class SMTPServer(LineProtocol):
         self.close()
 
     def line_received(self, line: bytes) -> defer.Deferred | None:
-        if self._message is not None:
-            return self._data_line(line)
         if self._sasl is not None:
             return self._sasl_line(line.decode("latin-1"))
         text = line.decode("latin-1")
@@ -385,9 +422,7 @@ class SMTPServer(LineProtocol):
         return None
 
     def line_too_long(self) -> None:
-        if self._message is not None:
-            self._message.line_too_long()
-        elif self._sasl is not None:
+        if self._sasl is not None:
             self._sasl = None
             self.reply(500, "5.5.6", "Authentication exchange line is too long")
         else:
@@ -535,8 +570,10 @@ class SMTPServer(LineProtocol):
             self.bad_command(501, "5.5.4", "Syntax: DATA (no arguments)")
             return
         limits = self.provider.limits
-        self._message = MessageReader(limits.max_message_size, limits.max_text_line)
-        self.bare_lf_ends_line = False
+        self._message = MessageReader(
+            limits.max_message_size, limits.max_text_line, self.max_line_length
+        )
+        self.text_receiver = self._data_text
         self._data_timer = self.callLater(
             self.provider.limits.max_data_seconds, self._data_too_slow
         )
@@ -546,6 +583,7 @@ class SMTPServer(LineProtocol):
         """A sender trickling its message (slowloris) loses the connection, and the message."""
         self._data_timer = None
         self._message = None
+        self.text_receiver = None
         limit = int(self.provider.limits.max_data_seconds)
         self.reply(421, "4.4.2", f"{self.hostname} Error: DATA took longer than {limit} s, closing")
         self.close()
@@ -560,20 +598,21 @@ class SMTPServer(LineProtocol):
         super().connectionLost(reason)
         self._cancel_data_timer()
 
-    def _data_line(self, line: bytes) -> defer.Deferred | None:
+    def _data_text(self, data: bytes) -> tuple[int, defer.Deferred | None]:
         assert self._message is not None
-        if not self._message.feed(line):
-            return None
+        consumed, ended = self._message.feed_block(data)
+        if not ended:
+            return consumed, None
         if self._drop_after_data:
             self._drop_message()
-            return None
-        return self._end_of_data()
+            return consumed, None
+        return consumed, self._end_of_data()
 
     def _drop_message(self) -> None:
         """A drop fault on DATA: the whole message arrived; close without storing or replying."""
         self._drop_after_data = False
         self._message = None
-        self.bare_lf_ends_line = True
+        self.text_receiver = None
         self._cancel_data_timer()
         self._reset_transaction()
         self.close()
@@ -589,7 +628,7 @@ class SMTPServer(LineProtocol):
         what cannot be accepted (RFC 3463 "other or undefined media error").
         """
         message, self._message = self._message, None
-        self.bare_lf_ends_line = True
+        self.text_receiver = None
         self._cancel_data_timer()
         assert message is not None
         sender, recipients = self.sender, tuple(self.recipients)
