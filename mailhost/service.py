@@ -11,9 +11,11 @@ The reactor is a parameter throughout; only the CLI and tests choose one.
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +42,6 @@ from mailhost.provider import Provider
 from mailhost.smtp import SMTPFactory
 from mailhost.throttle import AuthThrottle
 from mailhost.tls import TLSIdentity, server_identity
-from mailhost.web import api_site
 
 PRUNE_INTERVAL = 60.0
 STORAGE_THREADS = 8
@@ -121,6 +122,45 @@ def _writes_on(run_blocking: RunBlocking) -> Any:
         run_blocking(job).addErrback(lambda f: _events_log.failure("writing events failed", f))
 
     return schedule
+
+
+def _api_site(provider: Provider, reactor: Any, config: ServeConfig) -> Factory:
+    from mailhost.web import api_site
+
+    return api_site(provider, reactor, config.api_token)
+
+
+class BuiltOnFirstConnection(Factory):
+    """A listener's factory made when the first client connects, not at start-up.
+
+    twisted.web is a tenth of the server's start-up imports and the HTTP API is
+    often never used; :meth:`warm_up` loads them off the reactor thread once
+    the server is ready, so the first request rarely waits for them either.
+    """
+
+    noisy = False
+    WARM_UP_MODULES = ("twisted.web.server", "mailhost.web")
+
+    def __init__(self, build: Any) -> None:
+        self._build = build
+        self.built: Factory | None = None
+
+    def buildProtocol(self, addr: Any) -> Any:
+        if self.built is None:
+            self.built = self._build()
+            self.built.doStart()
+        return self.built.buildProtocol(addr)
+
+    def stopFactory(self) -> None:
+        if self.built is not None:
+            self.built.doStop()
+
+    def warm_up(self, run_blocking: RunBlocking) -> defer.Deferred:
+        def load() -> None:
+            for name in self.WARM_UP_MODULES:
+                importlib.import_module(name)
+
+        return run_blocking(load)
 
 
 @dataclass
@@ -315,13 +355,29 @@ class MailhostService(MultiService):
             ),
             _Listener(
                 "http",
-                api_site(self.provider, reactor, config.api_token),
+                BuiltOnFirstConnection(partial(_api_site, self.provider, reactor, config)),
                 config.listeners.http,
                 config.http_host,
             ),
         ]
         self._listeners = _ListenersService(reactor, config.host, listeners)
         self._listeners.setServiceParent(self)
+        self._built_later = [
+            listener.factory
+            for listener in listeners
+            if isinstance(listener.factory, BuiltOnFirstConnection)
+        ]
+
+    def startService(self) -> None:
+        super().startService()
+        self.ready.addCallback(self._warm_up)
+
+    def _warm_up(self, ports: dict[str, int]) -> dict[str, int]:
+        for factory in self._built_later:
+            factory.warm_up(self.provider.run_blocking).addErrback(
+                lambda f: _events_log.failure("loading the HTTP API's modules failed", f)
+            )
+        return ports
 
     @property
     def ready(self) -> defer.Deferred[dict[str, int]]:
