@@ -19,7 +19,13 @@ from mailhost.events import MAILDIR_TMP_SWEPT
 from mailhost.policy import Role, Schemes
 from mailhost.pop3 import POP3Factory
 from mailhost.schedule import Schedule
-from mailhost.service import PRUNE_INTERVAL, ListenError, MailhostService, endpoint_description
+from mailhost.service import (
+    PRUNE_INTERVAL,
+    BuiltOnFirstConnection,
+    ListenError,
+    MailhostService,
+    endpoint_description,
+)
 from mailhost.smtp import SMTPFactory
 from mailhost.testing import DEFAULT_START, QueuedRunBlocking
 from mailhost.throttle import ThrottleSettings
@@ -43,6 +49,9 @@ def start(tmp_path, reactor, **overrides):
 
 
 def unwrapped(factory):
+    if isinstance(factory, BuiltOnFirstConnection):
+        factory.buildProtocol(None)
+        return factory.built
     return factory.wrappedFactory if isinstance(factory, TLSMemoryBIOFactory) else factory
 
 
@@ -265,7 +274,8 @@ def test_start_up_sweep_runs_off_the_reactor_and_does_not_delay_ready(tmp_path, 
     ports: list = []
     service.ready.addCallback(ports.append)
     assert ports and paths["stale"].exists()
-    assert [f for _, f, _ in queued.queue] == [service_module.sweep_stale_deliveries]
+    jobs = [f.__name__ for _, f, _ in queued.queue]
+    assert jobs == ["sweep_stale_deliveries", "load"], "the HTTP API's imports wait there too"
     queued.run_all()
     assert not paths["stale"].exists()
     assert service.provider.events.recent(MAILDIR_TMP_SWEPT)[0]["removed"] == 2
