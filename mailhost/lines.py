@@ -4,8 +4,9 @@ Both SMTP (RFC 2920 §3.2) and POP3 (RFC 2449 §6.6) let a client pipeline
 commands; the server must answer them in order. Twisted's line receivers hand
 over the next line while a Deferred for the previous one is still pending, so
 a delivery that waits on fsync could be overtaken by a pipelined QUIT. Here a
-handler that returns a Deferred pauses line delivery (and the transport, so an
-eager client cannot grow the buffer) until it fires.
+handler that returns a Deferred pauses line delivery until it fires; the
+transport is paused too once input waits behind it, so an eager client cannot
+grow the buffer (but a client that waits for its reply costs no pause/resume).
 
 Lines end with CRLF; a bare LF is accepted as a line end too, as most servers
 do. A line longer than ``max_line_length`` octets (terminator included) is
@@ -55,7 +56,10 @@ class LineProtocol(protocol.Protocol, TimeoutMixin):
             return
         self.resetTimeout()
         self._buffer += data
-        self._drain()
+        if self._paused:
+            self._pause_transport()
+        else:
+            self._drain()
 
     def _drain(self) -> None:
         if self._draining:
@@ -107,7 +111,11 @@ class LineProtocol(protocol.Protocol, TimeoutMixin):
 
         d.addBoth(resume)
         d.addErrback(log.err, "unhandled error in a line handler")
-        if self._paused and not self._closed and self.transport is not None:
+        if self._paused and self._buffer:
+            self._pause_transport()
+
+    def _pause_transport(self) -> None:
+        if not self._transport_paused and not self._closed and self.transport is not None:
             self._transport_paused = True
             self.transport.pauseProducing()
 

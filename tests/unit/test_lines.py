@@ -64,10 +64,24 @@ def test_lines_behind_a_pending_reply_wait_and_the_transport_pauses():
     assert transport.producerState == "producing"
 
 
+def test_reading_pauses_only_once_input_waits_behind_a_pending_reply():
+    """A client that waits for its reply costs no pause; one that sends on is paused."""
+    protocol, transport = connect()
+    protocol.dataReceived(b"WAIT 1\r\n")
+    assert transport.producerState == "producing"
+    protocol.dataReceived(b"NE")
+    assert transport.producerState == "paused"
+    assert protocol.lines == [b"WAIT 1"]
+    protocol.pending[b"WAIT 1"].callback(None)
+    protocol.dataReceived(b"XT\r\n")
+    assert protocol.lines == [b"WAIT 1", b"NEXT"]
+    assert transport.producerState == "producing"
+
+
 def test_closing_while_paused_resumes_the_transport_first():
     """close() resumes a paused transport, or a TLS peer's close_notify would never be read."""
     protocol, transport = connect()
-    protocol.dataReceived(b"WAIT 1\r\n")
+    protocol.dataReceived(b"WAIT 1\r\nmore")
     assert transport.producerState == "paused"
     protocol.close()
     assert transport.producerState == "producing"
