@@ -99,7 +99,7 @@ def build_provider(
         clock=clock,
         accounts=Accounts(AccountFile(data.users)),
         logins=PopLoginTable(),
-        events=EventLog(data.events, schedule_writes=_writes_on(run_blocking)),
+        events=EventLog(data.events, schedule_writes=_writes_on(clock.reactor_time, run_blocking)),
         schemes=config.schemes,
         run_blocking=run_blocking,
         run_hashing=run_hashing,
@@ -115,11 +115,19 @@ def build_provider(
 _events_log = Logger()
 
 
-def _writes_on(run_blocking: RunBlocking) -> Any:
+EVENT_WRITE_DELAY = 0.05
+"""Seconds the event log gathers events before one job writes them: a batch per
+message would cost a hand-over to the pool per message."""
+
+
+def _writes_on(reactor: Any, run_blocking: RunBlocking) -> Any:
     """Run the event log's writes on the storage pool, logging a failure instead of losing it."""
 
-    def schedule(job: Any) -> None:
+    def write(job: Any) -> None:
         run_blocking(job).addErrback(lambda f: _events_log.failure("writing events failed", f))
+
+    def schedule(job: Any) -> None:
+        reactor.callLater(EVENT_WRITE_DELAY, write, job)
 
     return schedule
 
