@@ -49,6 +49,8 @@ STORAGE_THREADS = 8
 HASHING_THREADS = max(2, os.cpu_count() or 2)
 """bcrypt is CPU-bound: one thread per core; its own pool, so a login storm never
 queues a delivery's fsync (or a POP3 QUIT) behind password checks."""
+HASHING_NICE = 10
+"""bcrypt threads run niced so the reactor thread wins the CPU whenever it has work."""
 LISTENER_FLAGS = {
     "smtp": "--smtp-port",
     "submission": "--submission-port",
@@ -336,7 +338,7 @@ class MailhostService(MultiService):
             clock,
             thread_pool_runner(reactor, storage_pool),
             tls_options,
-            run_hashing=thread_pool_runner(reactor, hashing_pool),
+            run_hashing=thread_pool_runner(reactor, hashing_pool, nice=HASHING_NICE),
         )
         _PruneService(reactor, self.provider).setServiceParent(self)
         self.tmp_sweep = _TmpSweepService(reactor, self.provider)

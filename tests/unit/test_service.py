@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from datetime import timedelta
 
@@ -38,7 +39,9 @@ LISTENERS = Listeners(smtp=2525, submission=2587, pop3=2110, smtps=2465, pop3s=2
 @pytest.fixture(autouse=True)
 def inline_blocking(monkeypatch):
     """A memory reactor has no callFromThread, so blocking work (the start-up sweep) runs inline."""
-    monkeypatch.setattr(service_module, "thread_pool_runner", lambda reactor, pool: run_inline)
+    monkeypatch.setattr(
+        service_module, "thread_pool_runner", lambda reactor, pool, nice=0: run_inline
+    )
 
 
 def start(tmp_path, reactor, **overrides):
@@ -208,6 +211,35 @@ def test_thread_pool_runner_runs_work_off_the_calling_thread():
     assert results and results[0] != threading.current_thread().name
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux's")
+def test_a_niced_runner_lowers_its_workers_priority_and_not_the_callers():
+    """bcrypt's pool threads run at nice 10; the reactor thread keeps its own priority."""
+
+    class RecordingReactor:
+        def __init__(self) -> None:
+            self.calls: list = []
+
+        def callFromThread(self, f, *args, **kwargs):
+            self.calls.append((f, args, kwargs))
+
+    def own_nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    before = own_nice()
+    reactor = RecordingReactor()
+    pool = ThreadPool(minthreads=1, maxthreads=1)
+    pool.start()
+    try:
+        results: list[int] = []
+        thread_pool_runner(reactor, pool, nice=10)(own_nice).addCallback(results.append)
+    finally:
+        pool.stop()
+    for f, args, kwargs in reactor.calls:
+        f(*args, **kwargs)
+    assert results == [max(before, 10)]
+    assert own_nice() == before
+
+
 def test_endpoint_description_escapes_ipv6_hosts():
     """An IPv6 listen address has its colons escaped for serverFromString."""
     assert endpoint_description("::1", 25) == r"tcp:port=25:interface=\:\:1"
@@ -267,7 +299,7 @@ def test_start_up_sweep_runs_off_the_reactor_and_does_not_delay_ready(tmp_path, 
     """The sweep waits in the blocking pool while the listeners are already ready."""
     paths, now = _leftovers(tmp_path)
     queued = QueuedRunBlocking()
-    monkeypatch.setattr(service_module, "thread_pool_runner", lambda reactor, pool: queued)
+    monkeypatch.setattr(service_module, "thread_pool_runner", lambda reactor, pool, nice=0: queued)
     reactor = MemoryReactorClock()
     reactor.advance(now)
     service = start(tmp_path, reactor)
@@ -302,9 +334,11 @@ def test_sweep_carries_on_past_a_maildir_it_cannot_read(tmp_path, monkeypatch):
 def test_bcrypt_and_storage_run_on_separate_pools(tmp_path, monkeypatch):
     """Password checks get their own pool, so a login storm cannot queue fsyncs behind bcrypt."""
     runners = {}
+    nices = {}
 
-    def runner_for(reactor, pool):
+    def runner_for(reactor, pool, nice=0):
         runners[pool.name] = lambda f, *args: run_inline(f, *args)
+        nices[pool.name] = nice
         return runners[pool.name]
 
     monkeypatch.setattr(service_module, "thread_pool_runner", runner_for)
@@ -312,4 +346,5 @@ def test_bcrypt_and_storage_run_on_separate_pools(tmp_path, monkeypatch):
     assert set(runners) == {"mailhost-storage", "mailhost-bcrypt"}
     assert service.provider.run_blocking is runners["mailhost-storage"]
     assert service.provider.checker().run_blocking is runners["mailhost-bcrypt"]
+    assert nices == {"mailhost-storage": 0, "mailhost-bcrypt": service_module.HASHING_NICE}
     service.stopService()
