@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from twisted.cred import error as cred_error
 from twisted.cred.credentials import UsernamePassword
@@ -41,7 +42,14 @@ from zope.interface import Interface, implementer
 from mailhost import events, policy, sasl
 from mailhost.faults import Fault
 from mailhost.lines import LineProtocol
-from mailhost.maildir import POP3_LOCKS, MailboxInUse, MailboxLocks, PopMailbox, PopMessage
+from mailhost.maildir import (
+    POP3_LOCKS,
+    MailboxInUse,
+    MailboxLock,
+    MailboxLocks,
+    PopMailbox,
+    PopMessage,
+)
 from mailhost.provider import Provider
 
 GREETING = b"+OK mailhost POP3 server ready"
@@ -160,16 +168,24 @@ class PopMailboxRealm:
             raise NotImplementedError("PopMailboxRealm only gives IPopMailbox avatars")
         account = avatarId.decode("utf-8") if isinstance(avatarId, bytes) else avatarId
         path = self.provider.data.mailbox(account)
-        lock = self.locks.acquire(path)
 
-        def opened(mailbox: PopMailbox) -> tuple[type[Interface], Maildrop, Callable[[], None]]:
+        def opened(
+            locked: tuple[MailboxLock, PopMailbox],
+        ) -> tuple[type[Interface], Maildrop, Callable[[], None]]:
+            lock, mailbox = locked
             return IPopMailbox, Maildrop(account, mailbox), lock.release
 
-        def not_opened(reason: failure.Failure) -> failure.Failure:
-            lock.release()
-            return reason
+        return self.provider.run_blocking(self.open_locked, path).addCallback(opened)
 
-        return self.provider.run_blocking(PopMailbox.scan, path).addCallbacks(opened, not_opened)
+    def open_locked(self, path: Path) -> tuple[MailboxLock, PopMailbox]:
+        """Blocking: lock the maildrop and list it. A first login makes the Maildir and
+        fsyncs its parents, tens of milliseconds that must not stall the reactor."""
+        lock = self.locks.acquire(path)
+        try:
+            return lock, PopMailbox.scan(path)
+        except BaseException:
+            lock.release()
+            raise
 
 
 class POP3Server(LineProtocol):

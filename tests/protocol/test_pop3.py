@@ -717,6 +717,24 @@ def test_pipelined_commands_wait_for_a_slow_handler(
     session.drop()
 
 
+def test_a_first_login_makes_and_locks_the_maildir_off_the_reactor(
+    tmp_path: Path, clock: Clock, provider: Provider
+) -> None:
+    """Making a Maildir fsyncs its parents: that waits in the pool, like the listing."""
+    runner = QueuedRunBlocking()
+    slow = dataclasses.replace(provider, run_blocking=runner)
+    session = Session(POP3Factory(slow))
+    session.send(f"USER {ALICE}\r\nPASS alice-secret\r\n".encode())
+    runner.run_one()  # bcrypt
+    assert not inbox(provider).exists()
+    assert [f.__name__ for _, f, _ in runner.queue] == ["open_locked"]
+    runner.run_one()
+    assert session.take().startswith(b"+OK Logged in")
+    assert maildir.POP3_LOCKS.is_locked(inbox(provider))
+    session.drop()
+    assert not maildir.POP3_LOCKS.is_locked(inbox(provider))
+
+
 def test_login_finishing_after_a_drop_grants_nothing_and_unlocks(
     tmp_path: Path, clock: Clock, provider: Provider
 ) -> None:
