@@ -74,6 +74,9 @@ PLAINTEXT_DISALLOWED = (
 )
 THROTTLED = b"-ERR [SYS/TEMP] Too many failed logins from your address; try again later"
 NO_SUCH_MESSAGE = b"-ERR No such message"
+READ_AHEAD_BYTES = 128 * 1024
+"""What one RETR reads ahead for the next ones: a hand-over to the disk thread
+cost more than the reading of a 4 KB message itself."""
 FAULT_TEXT = "[SYS/TEMP] Fault injected"
 
 
@@ -207,6 +210,7 @@ class POP3Server(LineProtocol):
         self._bad_commands = 0
         self._connected = False
         self._committing = False
+        self._read_ahead: dict[int, bytes] = {}
 
     @property
     def mailbox(self) -> PopMailbox:
@@ -542,11 +546,21 @@ class POP3Server(LineProtocol):
         def send(data: bytes) -> None:
             self.transport.write(first + b"\r\n" + wire_text(cut(data)))
 
+        def read(found: dict[int, bytes]) -> None:
+            self._read_ahead = found
+            send(found.pop(number))
+
         def unreadable(reason: failure.Failure) -> None:
             log.err(reason, "POP3 message could not be read")
             self.write_line(b"-ERR [SYS/TEMP] Message could not be read")
 
-        return self.provider.run_blocking(mailbox.read, number).addCallbacks(send, unreadable)
+        data = self._read_ahead.pop(number, None)
+        if data is not None:
+            send(data)
+            return None
+        self._read_ahead = {}
+        d = self.provider.run_blocking(mailbox.read_ahead, number, READ_AHEAD_BYTES)
+        return d.addCallbacks(read, unreadable)
 
     def do_DELE(self, argument: bytes) -> None:
         numbers = self._numbers(argument, 1)
@@ -554,6 +568,7 @@ class POP3Server(LineProtocol):
             return
         number = numbers[0]
         if self.mailbox.delete(number):
+            self._read_ahead.pop(number, None)
             self.write_line(b"+OK Message %d marked for deletion" % number)
         elif number in self.mailbox.deleted:
             self.write_line(b"-ERR Message %d already deleted" % number)

@@ -717,6 +717,25 @@ def test_pipelined_commands_wait_for_a_slow_handler(
     session.drop()
 
 
+def test_one_disk_read_serves_the_following_retrs(
+    tmp_path: Path, clock: Clock, three_messages: list[bytes], provider: Provider
+) -> None:
+    """RETR 1 reads ahead; RETR 2 is answered at once; a DELE'd message is still refused."""
+    runner = QueuedRunBlocking()
+    session = Session(POP3Factory(dataclasses.replace(provider, run_blocking=runner)))
+    session.send(f"USER {ALICE}\r\nPASS alice-secret\r\n".encode())
+    runner.run_all()
+    assert session.take().startswith(b"+OK Logged in")
+    session.send(b"RETR 1\r\n")
+    runner.run_one()
+    assert session.take().endswith(wire_text(three_messages[0]))
+    assert session.send(b"RETR 2\r\n").endswith(wire_text(three_messages[1]))
+    assert session.send(b"DELE 3\r\n").startswith(b"+OK")
+    assert session.send(b"RETR 3\r\n") == b"-ERR No such message\r\n"
+    assert runner.queue == []
+    session.drop()
+
+
 def test_a_first_login_makes_and_locks_the_maildir_off_the_reactor(
     tmp_path: Path, clock: Clock, provider: Provider
 ) -> None:

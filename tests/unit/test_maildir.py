@@ -97,6 +97,25 @@ def test_scan_is_a_snapshot(tmp_path: Path) -> None:
     assert mailbox.totals() == (1, pop3_size(MESSAGE))
 
 
+def test_read_ahead_takes_the_next_live_messages_within_the_budget(tmp_path: Path) -> None:
+    """One read serves the following RETRs: deleted ones skipped, the budget respected."""
+    box = tmp_path / "box"
+    bodies = [b"Subject: %d\n\n%s\n" % (n, b"x" * 100) for n in range(1, 6)]
+    for body in bodies:
+        deliver(box, body)
+    mailbox = PopMailbox.scan(box)
+    mailbox.delete(3)
+    size = mailbox.messages[0].size
+    assert mailbox.read_ahead(1, 10 * size) == {
+        1: bodies[0],
+        2: bodies[1],
+        4: bodies[3],
+        5: bodies[4],
+    }
+    assert list(mailbox.read_ahead(2, 2 * size)) == [2, 4]
+    assert list(mailbox.read_ahead(5, 1)) == [5], "the asked-for message whatever its size"
+
+
 def test_delete_only_marks(tmp_path: Path) -> None:
     """DELE hides the message from the session but leaves the file (RFC 1939 §6)."""
     box = tmp_path / "box"
