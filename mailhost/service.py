@@ -33,6 +33,7 @@ from mailhost.accounts import AccountFile, Accounts
 from mailhost.blocking import RunBlocking, thread_pool_runner
 from mailhost.clock import ServerClock, utc_from_seconds
 from mailhost.config import DataDir, ServeConfig
+from mailhost.eager_write import send_eagerly
 from mailhost.events import MAILDIR_TMP_SWEPT, EventLog
 from mailhost.maildir import STALE_TMP_AGE, sweep_tmp
 from mailhost.policy import Role
@@ -204,7 +205,9 @@ class _ListenersService(Service):
                 self.reactor, endpoint_description(host, listener.port)
             )
             try:
-                self.ports[listener.name] = yield endpoint.listen(listener.factory)
+                port = yield endpoint.listen(listener.factory)
+                send_eagerly(port)
+                self.ports[listener.name] = port
             except CannotListenError as e:
                 yield self._stop_ports()
                 reason = getattr(e.socketError, "strerror", None) or str(e.socketError)
