@@ -16,6 +16,7 @@ go through ``provider.run_blocking``).
 
 from __future__ import annotations
 
+import itertools
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
@@ -208,8 +209,18 @@ def write_copies(copies: list[tuple[Path, bytes]], content: bytes) -> list[str]:
     return [maildir.deliver(path, head + content) for path, head in copies]
 
 
+_ID_PREFIX = secrets.token_hex(3).upper()
+_id_counter = itertools.count(1)
+
+
 def new_message_id() -> str:
-    return secrets.token_hex(6).upper()
+    """A queue id unique in this process and unlikely to repeat across runs.
+
+    Six random hex digits drawn once at start, then a counter: a queue id
+    needs to be unique, not secret, and a random draw per message was a
+    getrandom() call per message on the reactor thread.
+    """
+    return f"{_ID_PREFIX}{next(_id_counter):06X}"
 
 
 def store(

@@ -285,3 +285,13 @@ def test_store_writes_through_run_blocking_and_logs(new_provider):
     assert event["id"] == message_id
     assert event["mailboxes"] == ["alice@example.org"]
     assert event["relayed"] == ["r@far.example"]
+
+
+def test_queue_ids_are_unique_and_share_a_per_run_prefix():
+    """Counter-based queue ids: no two alike in a run, all of them hexadecimal."""
+    from mailhost.delivery import new_message_id
+
+    ids = [new_message_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    assert len({i[:6] for i in ids}) == 1
+    assert all(len(i) >= 12 and int(i, 16) >= 0 for i in ids)
