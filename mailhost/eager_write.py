@@ -4,7 +4,7 @@ Twisted's TCP transport queues every write, registers the socket for
 writability, sends from the next turn of the reactor, then unregisters it: two
 ``epoll_ctl`` calls and one more pass through the reactor's dispatch for every
 reply. A mail session is a string of small replies, each awaited by the
-client, so under load that cycle was about a sixth of the reactor thread's time.
+client.
 
 :class:`EagerWriteServer` tries ``send`` straight away when nothing is queued
 before it; whatever the kernel does not take (or any error) goes the usual
