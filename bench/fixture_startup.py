@@ -29,7 +29,9 @@ median start without it is reported too, and exceeds 100 % for that reason.
 
 Targets, reported as pass/fail but never gating: cold start at most 2x aiosmtpd's, reset at
 most 20 ms. Prints one table and writes JSON to bench/results/fixture-startup-<timestamp>.json
-(or ``--json``). Exit status 0 whatever the targets say; 2 when mailhost could not be started.
+(or ``--json``), with a ``summary`` list of those figures for bench/run_all.py; ``--quick``
+runs the fewest runs allowed. Exit status 0 whatever the targets say; 2 when mailhost could
+not be started.
 
 Bounds: loopback only (every listener on 127.0.0.1, HTTP without a proxy). Every process it
 starts is one of its own children, stopped by PID (SIGINT or end of stdin, then SIGKILL after
@@ -40,36 +42,26 @@ most 10 s; every loop runs a fixed number of times. Temporary data directories a
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import re
 import secrets
-import select
 import shutil
-import signal
 import smtplib
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
+import common
 
-HOST = "127.0.0.1"
-STOP_TIMEOUT = 10.0
+HOST = common.HOST
 IO_TIMEOUT = 10.0
 ACCOUNTS = {"alice@example.org": "alice-secret", "bob@example.org": "bob-secret"}
 ACCOUNT_COST = 4
-PORT_FLAGS = ("--smtp-port", "--submission-port", "--pop3-port", "--smtps-port", "--pop3s-port")
-EPHEMERAL_PORTS = [arg for flag in (*PORT_FLAGS, "--http-port") for arg in (flag, "0")]
 COLD_START_FACTOR = 2.0
 RESET_TARGET_MS = 20.0
 MESSAGE = (
@@ -100,94 +92,16 @@ controller.stop()
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-class StartError(RuntimeError):
-    """A child exited or stayed silent instead of printing its line."""
-
-
-def read_line(process: subprocess.Popen[bytes], accept: Any, timeout: float) -> bytes:
-    """The first stdout line ``accept`` takes, within ``timeout`` seconds (raw reads, bounded)."""
-    assert process.stdout is not None
-    fd = process.stdout.fileno()
-    deadline = time.monotonic() + timeout
-    buffer = b""
-    while (left := deadline - time.monotonic()) > 0:
-        readable, _, _ = select.select([fd], [], [], left)
-        if not readable:
-            break
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            raise StartError(f"exited (status {process.wait(timeout=STOP_TIMEOUT)}) before ready")
-        buffer += chunk
-        while b"\n" in buffer:
-            line, buffer = buffer.split(b"\n", 1)
-            if accept(line):
-                return line
-    raise StartError(f"no ready line within {timeout:g} s")
-
-
-def stop(process: subprocess.Popen[bytes], sig: int | None = signal.SIGINT) -> int:
-    """Stop one child by its PID: ``sig`` (or end of stdin), then SIGKILL after 10 s."""
-    if process.poll() is None:
-        if sig is None and process.stdin is not None:
-            with contextlib.suppress(OSError):
-                process.stdin.close()
-        else:
-            process.send_signal(sig if sig is not None else signal.SIGINT)
-        try:
-            process.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=STOP_TIMEOUT)
-    for stream in (process.stdin, process.stdout):
-        if stream is not None:
-            with contextlib.suppress(OSError):
-                stream.close()
-    return process.returncode
-
-
 def seed_accounts(data_dir: Path) -> None:
     """The fixture's accounts at bcrypt cost 4, written as the plugin does before it starts."""
-    from mailhost.accounts import AccountFile
-    from mailhost.config import DataDir
-
-    data_dir.mkdir(parents=True, exist_ok=True)
-    account_file = AccountFile(DataDir(data_dir).users)
-    for address, password in ACCOUNTS.items():
-        if address not in account_file.read():
-            account_file.add(address, password, cost=ACCOUNT_COST)
-
-
-def is_ready(raw: bytes) -> bool:
-    if not raw.startswith(b"{"):
-        return False
-    with contextlib.suppress(ValueError):
-        return json.loads(raw).get("event") == "ready"
-    return False
+    common.add_accounts(data_dir, ACCOUNTS, cost=ACCOUNT_COST)
 
 
 def start_mailhost(
     data_dir: Path, token: str, timeout: float, pre: tuple[str, ...] = ()
 ) -> tuple[subprocess.Popen[bytes], dict[str, Any], float, Path]:
-    """Spawn ``python -m mailhost serve`` on ephemeral ports; the process, ready report, seconds."""
-    stderr_path = data_dir.parent / f"{data_dir.name}-stderr.log"
-    command = [sys.executable, *pre, "-m", "mailhost", "serve", "--data", str(data_dir)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MAILHOST_API_TOKEN": token}
-    with stderr_path.open("wb") as stderr:
-        started = time.perf_counter()
-        process = subprocess.Popen(
-            [*command, "--host", HOST, "--http-host", HOST, *EPHEMERAL_PORTS],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            env=env,
-        )
-    try:
-        line = read_line(process, is_ready, timeout)
-    except StartError as e:
-        stop(process)
-        tail = stderr_path.read_text(errors="replace")[-2000:]
-        raise StartError(f"mailhost serve: {e}\nstderr:\n{tail}") from None
-    return process, json.loads(line), time.perf_counter() - started, stderr_path
+    """``common.start_mailhost`` with the API token the fixture passes in its environment."""
+    return common.start_mailhost(data_dir, timeout, env={"MAILHOST_API_TOKEN": token}, pre=pre)
 
 
 def time_spawn_to_line(command: list[str], timeout: float) -> float:
@@ -197,15 +111,15 @@ def time_spawn_to_line(command: list[str], timeout: float) -> float:
         command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     try:
-        read_line(process, lambda raw: True, timeout)
+        common.read_line(process, lambda raw: True, timeout)
         return time.perf_counter() - started
-    except StartError:
-        stop(process)
+    except common.StartError:
+        common.stop(process)
         assert process.stderr is not None
         tail = process.stderr.read()[-2000:].decode(errors="replace")
-        raise StartError(f"{command[:3]}: no line\nstderr:\n{tail}") from None
+        raise common.StartError(f"{command[:3]}: no line\nstderr:\n{tail}") from None
     finally:
-        stop(process, sig=None)
+        common.stop(process, sig=None)
         if process.stderr is not None:
             process.stderr.close()
 
@@ -227,20 +141,6 @@ def api(base: str, token: str, method: str, path: str, body: Any = None) -> tupl
 def deliver(port: int) -> None:
     with smtplib.SMTP(HOST, port, timeout=IO_TIMEOUT) as client:
         client.sendmail("bench@elsewhere.example", ["alice@example.org"], MESSAGE)
-
-
-def stats(samples: list[float]) -> dict[str, Any]:
-    """Median and p90 in milliseconds (p90 by the inclusive method)."""
-    ms = [s * 1000 for s in samples]
-    if not ms:
-        return {"n": 0, "median_ms": None, "p90_ms": None, "samples_ms": []}
-    p90 = statistics.quantiles(ms, n=10, method="inclusive")[-1] if len(ms) > 1 else ms[0]
-    return {
-        "n": len(ms),
-        "median_ms": round(statistics.median(ms), 2),
-        "p90_ms": round(p90, 2),
-        "samples_ms": [round(x, 2) for x in ms],
-    }
 
 
 IMPORT_LINE = re.compile(r"^import time:\s+(\d+)\s+\|\s+(\d+)\s+\|(\s*)(\S+)\s*$")
@@ -282,7 +182,7 @@ def measure_imports(workdir: Path, timeout: float) -> dict[str, Any]:
     process, _, seconds, stderr_path = start_mailhost(
         data_dir, secrets.token_urlsafe(24), timeout, pre=("-X", "importtime")
     )
-    stop(process)
+    common.stop(process)
     serve_total, serve_rows = parse_importtime(stderr_path.read_text(errors="replace"))
     out.update(
         serve_total_ms=round(serve_total, 1),
@@ -318,11 +218,11 @@ def measure_resets(workdir: Path, runs: int, timeout: float) -> dict[str, Any]:
                 checks.append(f"reset {i}: status {status}")
         _, body = api(base, token, "GET", "/api/mailboxes/alice@example.org/messages")
         checks.append(f"{len(json.loads(body)['messages'])} message(s) after the last reset")
-        out["api"] = {**stats(raw), "checks": checks}
+        out["api"] = {**common.stats(raw), "checks": checks}
         try:
             from mailhost.pytest_plugin import MailhostServer
         except Exception as e:  # any import failure is reported, not raised
-            out["plugin"] = {**stats([]), "note": f"plugin not importable: {e!r}"}
+            out["plugin"] = {**common.stats([]), "note": f"plugin not importable: {e!r}"}
         else:
             server = MailhostServer(process, ready, data_dir, stderr_path, startup, token)  # type: ignore[arg-type]
             plugin: list[float] = []
@@ -332,11 +232,11 @@ def measure_resets(workdir: Path, runs: int, timeout: float) -> dict[str, Any]:
                 server.reset(dict(ACCOUNTS))
                 plugin.append(time.perf_counter() - started)
             out["plugin"] = {
-                **stats(plugin),
+                **common.stats(plugin),
                 "note": "importable without a pytest run (imports pytest, not its runner)",
             }
     finally:
-        out["server_exit"] = stop(process)
+        out["server_exit"] = common.stop(process)
     return out
 
 
@@ -346,19 +246,19 @@ def measure_cold_starts(workdir: Path, runs: int, timeout: float) -> dict[str, A
         data_dir = workdir / f"first-{i}"
         seed_accounts(data_dir)
         process, _, seconds, _ = start_mailhost(data_dir, secrets.token_urlsafe(24), timeout)
-        stop(process)
+        common.stop(process)
         first.append(seconds)
         shutil.rmtree(data_dir, ignore_errors=True)
     existing_dir = workdir / "existing"
     seed_accounts(existing_dir)
     process, _, _, _ = start_mailhost(existing_dir, secrets.token_urlsafe(24), timeout)
-    stop(process)  # the warm-up start that makes the certificate; not counted
+    common.stop(process)  # the warm-up start that makes the certificate; not counted
     existing: list[float] = []
     for _ in range(runs):
         process, _, seconds, _ = start_mailhost(existing_dir, secrets.token_urlsafe(24), timeout)
-        stop(process)
+        common.stop(process)
         existing.append(seconds)
-    return {"first_start": stats(first), "existing_dir": stats(existing)}
+    return {"first_start": common.stats(first), "existing_dir": common.stats(existing)}
 
 
 def measure_aiosmtpd(runs: int, timeout: float) -> dict[str, Any]:
@@ -370,15 +270,18 @@ def measure_aiosmtpd(runs: int, timeout: float) -> dict[str, Any]:
         stdin=subprocess.DEVNULL,
     )
     if probe.returncode != 0:
-        return {**stats([]), "note": "aiosmtpd not importable (install the bench extra); skipped"}
+        return {
+            **common.stats([]),
+            "note": "aiosmtpd not importable (install the bench extra); skipped",
+        }
     samples: list[float] = []
     errors: list[str] = []
     for _ in range(runs):
         try:
             samples.append(time_spawn_to_line([sys.executable, "-c", AIOSMTPD_SCRIPT], timeout))
-        except StartError as e:
+        except common.StartError as e:
             errors.append(str(e)[:500])
-    return {**stats(samples), "version": probe.stdout.strip(), "errors": errors}
+    return {**common.stats(samples), "version": probe.stdout.strip(), "errors": errors}
 
 
 def fmt(value: float | None, unit: str = "") -> str:
@@ -393,25 +296,97 @@ def verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("pass" if ok else "FAIL")
 
 
+def summary_rows(
+    cold: dict[str, Any],
+    comparator: dict[str, Any],
+    resets: dict[str, Any],
+    targets: dict[str, bool | None],
+) -> list[dict[str, Any]]:
+    """The rows bench/run_all.py prints: medians; start-up as mailhost / aiosmtpd, lower better."""
+    aio = comparator["median_ms"]
+    aio_note = comparator.get("note")
+    rows: list[dict[str, Any]] = []
+    for figure, key, target in (
+        ("fixture cold start, existing data dir", "existing_dir", "existing_dir_le_2x_aiosmtpd"),
+        (
+            "fixture first start (makes its certificate)",
+            "first_start",
+            "first_start_le_2x_aiosmtpd",
+        ),
+    ):
+        rows.append(
+            {
+                "figure": figure,
+                "system": "mailhost",
+                "value": cold[key]["median_ms"],
+                "unit": "ms",
+                "versus": "aiosmtpd Controller start",
+                "ratio": ratio(cold[key]["median_ms"], aio),
+                "target": COLD_START_FACTOR,
+                "pass": targets[target],
+                "better": "lower",
+                "note": aio_note or "median; ratio = mailhost / aiosmtpd, at most 2",
+            }
+        )
+    rows.append(
+        {
+            "figure": "fixture cold start",
+            "system": "aiosmtpd",
+            "value": aio,
+            "unit": "ms",
+            "versus": None,
+            "ratio": None,
+            "target": None,
+            "pass": None,
+            "better": "lower",
+            "note": aio_note or f"Controller start, aiosmtpd {comparator.get('version')}",
+        }
+    )
+    for figure, key, target in (
+        ("POST /api/reset", "api", "api_reset_le_20ms"),
+        ("plugin MailhostServer.reset", "plugin", "plugin_reset_le_20ms"),
+    ):
+        rows.append(
+            {
+                "figure": figure,
+                "system": "mailhost",
+                "value": resets[key]["median_ms"],
+                "unit": "ms",
+                "versus": None,
+                "ratio": None,
+                "target": RESET_TARGET_MS,
+                "pass": targets[target],
+                "better": "lower",
+                "note": f"absolute bound: median <= {RESET_TARGET_MS:g} ms",
+            }
+        )
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=10, help="runs per figure, at least 10")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per start")
     parser.add_argument("--json", type=Path, help="where to write the results")
+    parser.add_argument(
+        "--quick", action="store_true", help="the fewest runs allowed (10, the default)"
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.runs = 10
     if args.runs < 10:
         parser.error("--runs must be at least 10")
 
     workdir = Path(tempfile.mkdtemp(prefix="mailhost-fixture-bench-"))
     try:
-        baseline = stats(
+        baseline = common.stats(
             [time_spawn_to_line([sys.executable, "-c", "print()"], 10.0) for _ in range(args.runs)]
         )
         cold = measure_cold_starts(workdir, args.runs, args.timeout)
         comparator = measure_aiosmtpd(args.runs, args.timeout)
         resets = measure_resets(workdir, args.runs, args.timeout)
         imports = measure_imports(workdir, args.timeout * 2)
-    except StartError as e:
+    except common.StartError as e:
         print(f"could not start mailhost: {e}", file=sys.stderr)
         return 2
     finally:
@@ -476,7 +451,6 @@ def main() -> int:
         print(f"  {row['cumulative_ms']:>13.1f} {row['self_ms']:>8.1f}  {row['module']}")
 
     results = {
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "python": sys.version.split()[0],
         "runs": args.runs,
         "cold_start": cold,
@@ -493,11 +467,9 @@ def main() -> int:
             "serve_share_of_start": round(serve_share, 3),
             "help_share_of_existing_dir_start": round(share, 3),
         },
+        "summary": summary_rows(cold, comparator, resets, targets),
     }
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    path = args.json or RESULTS / f"fixture-startup-{stamp}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2) + "\n")
+    path = common.write_results("fixture-startup", results, args.json)
     print(f"\nJSON: {path}")
     return 0
 
