@@ -54,8 +54,33 @@ clean:
 soak: $(STAMP)
 	$(BIN)/python bench/soak.py
 
-# Fixture start-up benchmark: mailhost serve's cold start and reset against aiosmtpd's
-# Controller (the bench extra); a table on stdout and JSON in bench/results/.
-bench: $(STAMP)
+# Benchmarks: every script in bench/ one after another (bench/run_all.py: fixture start-up,
+# SMTP accept, POP3, reactor stall, memory), then one table of their headline figures and JSON
+# in bench/results/. BENCH_ARGS=--quick for a short run (see bench/run_all.py --help).
+bench: $(STAMP) bench-servers
 	$(BIN)/python -m pip install -q -e '.[test,bench]'
-	$(BIN)/python bench/fixture_startup.py
+	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
+
+# The comparators Postfix and Dovecot's POP3 server, from Debian when missing (root with apt-get
+# only; the benchmarks skip their rows with a note without them). Installing them must never
+# start the system's own postfix or dovecot: unless a policy-rc.d is already there, one that
+# refuses every start (exit 101) is in place for the install and removed afterwards.
+.PHONY: bench-servers
+bench-servers:
+	@missing=""; \
+	PATH="$$PATH:/usr/sbin:/sbin"; \
+	command -v postfix >/dev/null 2>&1 || missing="$$missing postfix"; \
+	{ command -v dovecot >/dev/null 2>&1 && [ -e /usr/lib/dovecot/pop3 ]; } \
+	  || missing="$$missing dovecot-pop3d"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	    trap 'rm -f /usr/sbin/policy-rc.d' EXIT; trap 'exit 130' INT TERM; \
+	    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; \
+	  fi; \
+	  echo "postfix postfix/main_mailer_type select No configuration" \
+	    | debconf-set-selections >/dev/null 2>&1; \
+	  (apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends --no-remove $$missing >/dev/null 2>&1) \
+	    || echo "note: could not install$$missing; the benchmarks skip those comparators"; \
+	else echo "note:$$missing not installed; the benchmarks skip those comparators"; fi
