@@ -19,7 +19,11 @@ What it measures, each over ``--runs`` runs (at least 10; median and p90):
                    ``bench`` extra) is not importable. aiosmtpd 1.4 cannot start on port 0
                    (``start()`` connects to its own port to check it is up), so the script
                    binds port 0 once to pick a free port and hands that to ``Controller``.
-  python -c pass   the bare interpreter start both of the above include, for context.
+  bare Twisted     the floor any Twisted server pays: a ``python -c`` script that imports the
+                   reactor (whose TCP transport imports pyOpenSSL and cryptography whenever
+                   they are installed, as Twisted's TLS extra makes them), listens on one
+                   loopback port and prints a line; time from spawn to that line.
+  python -c pass   the bare interpreter start all of the above include, for context.
 
 It also runs ``python -X importtime -m mailhost serve --help`` and lists the 10 largest
 cumulative imports. The share of cold start that is imports comes from one real ``serve``
@@ -68,6 +72,21 @@ MESSAGE = (
     "From: bench@elsewhere.example\r\nTo: alice@example.org\r\n"
     "Subject: fixture start-up bench\r\n\r\nOne message before each reset.\r\n"
 )
+
+BARE_TWISTED_SCRIPT = """\
+from twisted.internet import protocol, reactor
+
+class Greeter(protocol.Protocol):
+    def connectionMade(self):
+        self.transport.write(b"220 bare ESMTP\\r\\n")
+
+def listen():
+    port = reactor.listenTCP(0, protocol.Factory.forProtocol(Greeter), interface="127.0.0.1")
+    print("ready", port.getHost().port, flush=True)
+
+reactor.callWhenRunning(listen)
+reactor.run()
+"""
 
 AIOSMTPD_SCRIPT = """\
 import socket, sys
@@ -284,6 +303,17 @@ def measure_aiosmtpd(runs: int, timeout: float) -> dict[str, Any]:
     return {**common.stats(samples), "version": probe.stdout.strip(), "errors": errors}
 
 
+def measure_bare_twisted(runs: int, timeout: float) -> dict[str, Any]:
+    samples: list[float] = []
+    errors: list[str] = []
+    for _ in range(runs):
+        try:
+            samples.append(time_spawn_to_line([sys.executable, "-c", BARE_TWISTED_SCRIPT], timeout))
+        except common.StartError as e:
+            errors.append(str(e)[:500])
+    return {**common.stats(samples), "errors": errors}
+
+
 def fmt(value: float | None, unit: str = "") -> str:
     return "-" if value is None else f"{value:,.1f}{unit}"
 
@@ -299,6 +329,7 @@ def verdict(ok: bool | None) -> str:
 def summary_rows(
     cold: dict[str, Any],
     comparator: dict[str, Any],
+    floor: dict[str, Any],
     resets: dict[str, Any],
     targets: dict[str, bool | None],
 ) -> list[dict[str, Any]]:
@@ -340,6 +371,21 @@ def summary_rows(
             "pass": None,
             "better": "lower",
             "note": aio_note or f"Controller start, aiosmtpd {comparator.get('version')}",
+        }
+    )
+    rows.append(
+        {
+            "figure": "fixture cold start",
+            "system": "bare Twisted listener",
+            "value": floor["median_ms"],
+            "unit": "ms",
+            "versus": "aiosmtpd Controller start",
+            "ratio": ratio(floor["median_ms"], aio),
+            "target": None,
+            "pass": None,
+            "better": "lower",
+            "note": "the floor of any Twisted server here: reactor import (with pyOpenSSL) "
+            "and one listener",
         }
     )
     for figure, key, target in (
@@ -384,6 +430,7 @@ def main() -> int:
         )
         cold = measure_cold_starts(workdir, args.runs, args.timeout)
         comparator = measure_aiosmtpd(args.runs, args.timeout)
+        floor = measure_bare_twisted(args.runs, args.timeout)
         resets = measure_resets(workdir, args.runs, args.timeout)
         imports = measure_imports(workdir, args.timeout * 2)
     except common.StartError as e:
@@ -397,6 +444,7 @@ def main() -> int:
         ("first start (makes its certificate)", cold["first_start"], True),
         ("start with an existing data dir", cold["existing_dir"], True),
         ("aiosmtpd Controller start", comparator, False),
+        ("bare Twisted listener (the floor)", floor, True),
         ("python -c (interpreter alone)", baseline, False),
         ("POST /api/reset", resets["api"], False),
         ("plugin MailhostServer.reset", resets["plugin"], False),
@@ -455,6 +503,7 @@ def main() -> int:
         "runs": args.runs,
         "cold_start": cold,
         "aiosmtpd": comparator,
+        "bare_twisted": floor,
         "interpreter": baseline,
         "reset": resets,
         "ratios_vs_aiosmtpd": {
@@ -467,7 +516,7 @@ def main() -> int:
             "serve_share_of_start": round(serve_share, 3),
             "help_share_of_existing_dir_start": round(share, 3),
         },
-        "summary": summary_rows(cold, comparator, resets, targets),
+        "summary": summary_rows(cold, comparator, floor, resets, targets),
     }
     path = common.write_results("fixture-startup", results, args.json)
     print(f"\nJSON: {path}")
