@@ -226,6 +226,7 @@ class Accounts:
         self._stamp: tuple[int, int, int] | None = None
         self._accounts: dict[str, str] = {}
         self._usual_cost: tuple[dict[str, str], int] | None = None
+        self._domains: tuple[dict[str, str], frozenset[str]] | None = None
 
     def _current(self) -> dict[str, str]:
         try:
@@ -248,7 +249,12 @@ class Accounts:
         return sorted(self._current())
 
     def domains(self) -> frozenset[str]:
-        return frozenset(name.rpartition("@")[2] for name in self._current())
+        """The accounts' domains, worked out again only when the file has changed: every
+        RCPT asks, and a pass over every account per recipient grows with the accounts."""
+        accounts = self._current()
+        if self._domains is None or self._domains[0] is not accounts:
+            self._domains = (accounts, frozenset(a.rpartition("@")[2] for a in accounts))
+        return self._domains[1]
 
     def usual_cost(self) -> int:
         """The most common bcrypt cost among the accounts: the cost of a dummy check.

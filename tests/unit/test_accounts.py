@@ -282,6 +282,17 @@ def test_accounts_domains_are_those_of_the_accounts(users: AccountFile):
     assert Accounts(users).domains() == frozenset({"example.org", "example.net"})
 
 
+def test_accounts_domains_follow_a_change_of_the_file(users: AccountFile):
+    """The domains are cached with the accounts they came from, and follow the file."""
+    live = Accounts(users)
+    first = live.domains()
+    assert live.domains() is first
+    users.add("dave@example.com", "pw", cost=COST)
+    assert "example.com" in live.domains()
+    users.remove("dave@example.com")
+    assert "example.com" not in live.domains()
+
+
 def test_accounts_without_a_file_is_empty(tmp_path: Path):
     """A missing users file means no accounts, not an error."""
     live = Accounts(AccountFile(tmp_path / "users"))
