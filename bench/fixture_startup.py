@@ -38,7 +38,7 @@ runs the fewest runs allowed. Exit status 0 whatever the targets say; 2 when mai
 not be started.
 
 Bounds: loopback only (every listener on 127.0.0.1, HTTP without a proxy). Every process it
-starts is one of its own children, stopped by PID (SIGINT or end of stdin, then SIGKILL after
+starts is one of its own children, stopped by PID (SIGTERM or end of stdin, then SIGKILL after
 10 s); each start waits at most ``--timeout`` seconds for its line, each HTTP or SMTP call at
 most 10 s; every loop runs a fixed number of times. Temporary data directories are removed.
 """

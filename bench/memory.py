@@ -30,7 +30,7 @@ growth from ``--entries`` to twice as many logins at most a quarter of its growt
 ``--entries`` (and its length at its bound). Exit status 0 whatever the figures say; 2 when
 mailhost could not be started or the table process failed.
 
-Bounds: loopback only; one ``mailhost serve`` child, stopped by its PID (SIGINT, SIGKILL after
+Bounds: loopback only; one ``mailhost serve`` child, stopped by its PID (SIGTERM, SIGKILL after
 10 s); every connect and greeting waited for at most ``--io-timeout`` seconds; each table
 process at most 300 s. The temporary data directory is removed.
 """

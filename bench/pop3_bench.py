@@ -51,7 +51,7 @@ bench/results/pop3-<timestamp>.json (or ``--json``) with a top-level ``summary``
 status 0 whatever the targets say; 2 when mailhost could not be set up.
 
 Bounds: loopback only (listeners on 127.0.0.1, clients from 127.0.0.0/8). Every process it
-starts is its own child, stopped by PID (SIGINT for mailhost, SIGTERM for Dovecot's master,
+starts is its own child, stopped by PID (SIGTERM for mailhost and for Dovecot's master,
 SIGKILL after 10 s). Every socket has a timeout (``--timeout``), every phase a time limit,
 every loop a fixed count, and the whole run an overall ``--deadline`` after which remaining
 runs are skipped. The temporary directory is removed at the end.

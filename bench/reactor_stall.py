@@ -29,7 +29,7 @@ Prints a table and writes JSON (with a ``summary`` list, see bench/run_all.py) t
 bench/results/reactor-stall-<timestamp>.json or ``--json``. Exit status 0 whatever the target
 says; 2 when mailhost could not be started or the probes could not be set up.
 
-Bounds: loopback only; one ``mailhost serve`` child, stopped by its PID (SIGINT, SIGKILL after
+Bounds: loopback only; one ``mailhost serve`` child, stopped by its PID (SIGTERM, SIGKILL after
 10 s); every reply waited for at most ``--io-timeout`` seconds; the storm is bounded in time
 and count, and the wait for logins in flight by ``--io-timeout`` too. The temporary data
 directory is removed.

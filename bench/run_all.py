@@ -79,7 +79,9 @@ def run_script(name: str, workdir: Path, quick: bool, timeout: float) -> dict[st
     command = [sys.executable, str(path), "--json", str(out), *(["--quick"] if quick else [])]
     print(f"\n=== {name}: {' '.join(command[1:])}", flush=True)
     started = time.perf_counter()
-    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, cwd=common.ROOT)
+    process = subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, cwd=common.ROOT, preexec_fn=_interruptible
+    )
     status = "ok"
     try:
         returncode = process.wait(timeout=timeout)
@@ -117,6 +119,14 @@ def run_script(name: str, workdir: Path, quick: bool, timeout: float) -> dict[st
         summary = []
     result["summary"] = [{**row, "script": name} for row in summary if isinstance(row, dict)]
     return result
+
+
+def _interruptible() -> None:
+    """In the child: SIGINT back to its default, so Python turns it into KeyboardInterrupt
+    and the script stops its own servers. A shell starting this in the background would
+    otherwise have every child ignore SIGINT, and a script past its limit would be killed
+    with its servers still running."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def number(row: dict[str, Any]) -> float | None:
