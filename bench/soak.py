@@ -71,6 +71,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from common import cpu_seconds
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MAILHOST = ROOT / ".venv" / "bin" / "mailhost"
 RESULTS = ROOT / "bench" / "results"
@@ -691,15 +693,6 @@ class Server:
                 self.proc.wait()
         self.log.close()
         return self.proc.returncode
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of ``pid`` from /proc/<pid>/stat (0 when it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def serve_flags(mailhost: Path, connections: int, per_ip: int) -> list[str]:
