@@ -28,18 +28,25 @@ def run_inline(f: Callable[..., Any], *args: Any, **kwargs: Any) -> defer.Deferr
 
 
 def thread_pool_runner(
-    reactor: IReactorFromThreads, pool: ThreadPool, nice: int = 0
+    reactor: IReactorFromThreads, pool: ThreadPool, nice: int = 0, drop_when_stopping: bool = False
 ) -> RunBlocking:
-    """Run jobs on ``pool``; with ``nice``, its threads yield the CPU to the reactor's.
+    """Run jobs on ``pool``.
 
-    bcrypt keeps every core busy during a login storm; a niced worker thread
-    still gets all the CPU no one else wants, but the reactor thread (nice 0)
-    is scheduled first when it wakes, so idle sessions keep answering at once.
+    With ``nice``, its threads yield the CPU to the reactor's: bcrypt keeps every
+    core busy during a login storm; a niced worker thread still gets all the CPU
+    no one else wants, but the reactor thread (nice 0) is scheduled first when it
+    wakes, so idle sessions keep answering at once.
+
+    With ``drop_when_stopping``, jobs still queued when the pool stops fail with
+    ``CancelledError`` instead of running: Twisted's pool runs every queued job
+    before it lets its threads go, and a login storm's queue of password checks
+    would hold up shutdown for seconds.
     """
+    watched = pool if drop_when_stopping else None
 
     def run_blocking(f: Callable[..., Any], *args: Any, **kwargs: Any) -> defer.Deferred:
-        if nice:
-            return deferToThreadPool(reactor, pool, _niced, nice, f, *args, **kwargs)
+        if nice or watched is not None:
+            return deferToThreadPool(reactor, pool, _in_worker, watched, nice, f, *args, **kwargs)
         return deferToThreadPool(reactor, pool, f, *args, **kwargs)
 
     return run_blocking
@@ -48,13 +55,15 @@ def thread_pool_runner(
 _thread_nice = threading.local()
 
 
-def _niced(nice: int, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run ``f`` after raising this thread's nice value to ``nice`` (once per thread; Linux only).
-
-    On Linux ``setpriority(PRIO_PROCESS, tid)`` changes one thread; elsewhere it
-    would change the whole process, so there it is not done.
-    """
-    if sys.platform == "linux" and getattr(_thread_nice, "value", 0) != nice:
+def _in_worker(
+    watched: ThreadPool | None, nice: int, f: Callable[..., Any], *args: Any, **kwargs: Any
+) -> Any:
+    """Run ``f`` on a worker thread: not at all once ``watched`` is stopping; after raising
+    this thread's nice value to ``nice`` (once per thread; Linux only, where
+    ``setpriority(PRIO_PROCESS, tid)`` changes one thread, not the whole process)."""
+    if watched is not None and watched.joined:
+        raise defer.CancelledError("the server is stopping")
+    if nice and sys.platform == "linux" and getattr(_thread_nice, "value", 0) != nice:
         tid = threading.get_native_id()
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, tid, max(nice, os.getpriority(os.PRIO_PROCESS, tid)))

@@ -74,6 +74,7 @@ PLAINTEXT_DISALLOWED = (
 )
 THROTTLED = b"-ERR [SYS/TEMP] Too many failed logins from your address; try again later"
 NO_SUCH_MESSAGE = b"-ERR No such message"
+SHUTTING_DOWN = b"-ERR [SYS/TEMP] Server shutting down"
 READ_AHEAD_BYTES = 128 * 1024
 """What one RETR reads ahead for the next ones: a hand-over to the disk thread
 cost more than the reading of a 4 KB message itself."""
@@ -460,12 +461,16 @@ class POP3Server(LineProtocol):
             reply, cause = AUTH_FAILED, "credentials"
         elif reason.check(MailboxInUse):
             reply, cause = IN_USE, "in-use"
+        elif reason.check(defer.CancelledError):
+            reply, cause = SHUTTING_DOWN, "shutdown"
         else:
             log.err(reason, "POP3 maildrop could not be opened")
             reply, cause = STORAGE_FAILED, "storage"
         self._login_refused(username, mechanism, cause)
         if self._connected:
             self.write_line(reply)
+            if cause == "shutdown":
+                self.close()
 
     def _login_refused(self, username: str, mechanism: str, cause: str) -> None:
         """Log a refused login; a refusal for bad credentials also counts towards the throttle."""

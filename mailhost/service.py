@@ -341,7 +341,9 @@ class MailhostService(MultiService):
             clock,
             thread_pool_runner(reactor, storage_pool),
             tls_options,
-            run_hashing=thread_pool_runner(reactor, hashing_pool, nice=HASHING_NICE),
+            run_hashing=thread_pool_runner(
+                reactor, hashing_pool, nice=HASHING_NICE, drop_when_stopping=True
+            ),
         )
         _PruneService(reactor, self.provider).setServiceParent(self)
         self.tmp_sweep = _TmpSweepService(reactor, self.provider)

@@ -787,6 +787,10 @@ class SMTPServer(LineProtocol):
             if failure.check(cred_error.UnauthorizedLogin):
                 self._auth_failed(mechanism, username)
                 return
+            if failure.check(defer.CancelledError):  # the server is stopping
+                self.reply(421, "4.3.2", f"{self.hostname} Service shutting down, closing")
+                self.close()
+                return
             _log.failure("checking SMTP credentials failed", failure)
             self.reply(454, "4.7.0", "Temporary authentication failure")
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
@@ -734,6 +735,17 @@ def test_one_disk_read_serves_the_following_retrs(
     assert session.send(b"RETR 3\r\n") == b"-ERR No such message\r\n"
     assert runner.queue == []
     session.drop()
+
+
+def test_a_check_dropped_at_shutdown_is_refused_and_closes(provider: Provider) -> None:
+    """A password check the stopping server never ran: -ERR [SYS/TEMP], close, no throttle."""
+    stopping = dataclasses.replace(
+        provider, run_hashing=lambda f, *args: defer.fail(defer.CancelledError("stopping"))
+    )
+    session = Session(POP3Factory(stopping))
+    assert session.login() == b"-ERR [SYS/TEMP] Server shutting down\r\n"
+    assert session.closed
+    assert provider.throttle.failures(PEER.host, provider.now()) == 0
 
 
 def test_a_first_login_makes_and_locks_the_maildir_off_the_reactor(

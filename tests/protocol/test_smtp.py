@@ -1,4 +1,5 @@
 import base64
+import dataclasses
 from datetime import UTC, datetime
 
 import pytest
@@ -455,6 +456,18 @@ def test_auth_plain_with_initial_response_allows_relay(provider):
     replies = transaction(session, "alice@example.org", REMOTE)
     assert replies[-1].startswith("250 2.0.0")
     assert len(outbox(provider)) == 1
+
+
+def test_a_check_dropped_at_shutdown_gets_421_and_a_close(provider):
+    """A password check the stopping server never ran: 421 4.3.2, no 535, nothing counted."""
+    stopping = dataclasses.replace(
+        provider, run_hashing=lambda f, *args: defer.fail(defer.CancelledError("stopping"))
+    )
+    session = ehlo(stopping, ip=OTHER_IP)
+    reply = session(f"AUTH PLAIN {plain()}")
+    assert reply == "421 4.3.2 mail.example.org Service shutting down, closing"
+    assert session.transport.disconnecting
+    assert provider.throttle.failures(OTHER_IP, provider.now()) == 0
 
 
 def test_auth_plain_without_initial_response(provider):

@@ -8,6 +8,7 @@ import threading
 from datetime import timedelta
 
 import pytest
+from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.internet.testing import MemoryReactorClock
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -40,7 +41,7 @@ LISTENERS = Listeners(smtp=2525, submission=2587, pop3=2110, smtps=2465, pop3s=2
 def inline_blocking(monkeypatch):
     """A memory reactor has no callFromThread, so blocking work (the start-up sweep) runs inline."""
     monkeypatch.setattr(
-        service_module, "thread_pool_runner", lambda reactor, pool, nice=0: run_inline
+        service_module, "thread_pool_runner", lambda reactor, pool, **options: run_inline
     )
 
 
@@ -240,6 +241,47 @@ def test_a_niced_runner_lowers_its_workers_priority_and_not_the_callers():
     assert own_nice() == before
 
 
+def test_queued_jobs_are_dropped_once_a_dropping_pool_stops():
+    """Password checks still queued at shutdown fail at once instead of holding it up."""
+
+    class RecordingReactor:
+        def __init__(self) -> None:
+            self.calls: list = []
+
+        def callFromThread(self, f, *args, **kwargs):
+            self.calls.append((f, args, kwargs))
+
+    reactor = RecordingReactor()
+    pool = ThreadPool(minthreads=1, maxthreads=1)
+    pool.start()
+    started, release = threading.Event(), threading.Event()
+    ran: list[int] = []
+    run = thread_pool_runner(reactor, pool, drop_when_stopping=True)
+    outcomes: list[object] = []
+
+    def hold() -> bool:
+        started.set()
+        return release.wait(10)
+
+    run(hold).addBoth(outcomes.append)
+    assert started.wait(10)
+    for n in range(5):
+        run(ran.append, n).addBoth(outcomes.append)
+    stopper = threading.Thread(target=pool.stop)
+    stopper.start()
+    for _ in range(10_000):
+        if pool.joined:
+            break
+        threading.Event().wait(0.001)
+    release.set()
+    stopper.join(10)
+    for f, args, kwargs in reactor.calls:
+        f(*args, **kwargs)
+    assert ran == []
+    assert outcomes[0] is True
+    assert [o.check(defer.CancelledError) for o in outcomes[1:]] == [defer.CancelledError] * 5
+
+
 def test_endpoint_description_escapes_ipv6_hosts():
     """An IPv6 listen address has its colons escaped for serverFromString."""
     assert endpoint_description("::1", 25) == r"tcp:port=25:interface=\:\:1"
@@ -299,7 +341,9 @@ def test_start_up_sweep_runs_off_the_reactor_and_does_not_delay_ready(tmp_path, 
     """The sweep waits in the blocking pool while the listeners are already ready."""
     paths, now = _leftovers(tmp_path)
     queued = QueuedRunBlocking()
-    monkeypatch.setattr(service_module, "thread_pool_runner", lambda reactor, pool, nice=0: queued)
+    monkeypatch.setattr(
+        service_module, "thread_pool_runner", lambda reactor, pool, **options: queued
+    )
     reactor = MemoryReactorClock()
     reactor.advance(now)
     service = start(tmp_path, reactor)
@@ -336,9 +380,9 @@ def test_bcrypt_and_storage_run_on_separate_pools(tmp_path, monkeypatch):
     runners = {}
     nices = {}
 
-    def runner_for(reactor, pool, nice=0):
+    def runner_for(reactor, pool, nice=0, drop_when_stopping=False):
         runners[pool.name] = lambda f, *args: run_inline(f, *args)
-        nices[pool.name] = nice
+        nices[pool.name] = (nice, drop_when_stopping)
         return runners[pool.name]
 
     monkeypatch.setattr(service_module, "thread_pool_runner", runner_for)
@@ -346,5 +390,8 @@ def test_bcrypt_and_storage_run_on_separate_pools(tmp_path, monkeypatch):
     assert set(runners) == {"mailhost-storage", "mailhost-bcrypt"}
     assert service.provider.run_blocking is runners["mailhost-storage"]
     assert service.provider.checker().run_blocking is runners["mailhost-bcrypt"]
-    assert nices == {"mailhost-storage": 0, "mailhost-bcrypt": service_module.HASHING_NICE}
+    assert nices == {
+        "mailhost-storage": (0, False),
+        "mailhost-bcrypt": (service_module.HASHING_NICE, True),
+    }
     service.stopService()
