@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from twisted.cred import error as cred_error
@@ -73,6 +74,7 @@ PLAINTEXT_DISALLOWED = (
     b"-ERR [AUTH] Plaintext authentication disallowed on non-secure (SSL/TLS) connections"
 )
 THROTTLED = b"-ERR [SYS/TEMP] Too many failed logins from your address; try again later"
+BUSY = b"-ERR [SYS/TEMP] Too many logins in progress from your address; try again shortly"
 NO_SUCH_MESSAGE = b"-ERR No such message"
 SHUTTING_DOWN = b"-ERR [SYS/TEMP] Server shutting down"
 READ_AHEAD_BYTES = 128 * 1024
@@ -422,7 +424,8 @@ class POP3Server(LineProtocol):
         if not self.provider.throttle.is_blocked(ip, now):
             return False
         self._login_refused(username, mechanism, "throttled")
-        self.write_line(THROTTLED)
+        failing = self.provider.throttle.retry_after(ip, now) > timedelta(0)
+        self.write_line(THROTTLED if failing else BUSY)
         return True
 
     def _login(self, username: str, password: bytes, mechanism: str) -> defer.Deferred | None:

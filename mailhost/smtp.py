@@ -244,8 +244,15 @@ def printable(text: str) -> str:
 
 
 def throttled_text(retry_after: timedelta) -> str:
-    """The 454 text for a throttled address, with whole seconds rounded up (never "0 s")."""
-    seconds = max(1, math.ceil(retry_after.total_seconds()))
+    """The 454 text for a throttled address, with whole seconds rounded up (never "0 s").
+
+    No wait means the failures alone are under the limit and the checks still
+    running from the address fill it: those may all be good passwords (many
+    clients behind one NAT), so the text does not call them failures.
+    """
+    if retry_after <= timedelta(0):
+        return "Too many authentications in progress from your address; try again shortly"
+    seconds = math.ceil(retry_after.total_seconds())
     return f"Too many failed authentications from your address; try again in {seconds} s"
 
 
