@@ -48,7 +48,7 @@ interop-clients:
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis
 
-# Soak/load benchmark: its own server on ephemeral loopback ports, 200 connections for 60 s;
+# Soak/load benchmark: its own server on ephemeral loopback ports, 200 connections for 120 s;
 # a table on stdout and JSON in bench/results/ (see bench/README.md).
 .PHONY: soak
 soak: $(STAMP)

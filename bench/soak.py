@@ -891,7 +891,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
-    p.add_argument("--seconds", type=float, default=60, help="load duration (default 60)")
+    p.add_argument("--seconds", type=float, default=120, help="load duration (default 120)")
     p.add_argument(
         "--connections", type=int, default=200, help="connections in flight (default 200)"
     )
