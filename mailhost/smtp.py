@@ -204,7 +204,17 @@ class MessageReader:
         return stop, False
 
     def _take(self, lines: bytes) -> None:
-        """Whole CRLF lines: unstuff dots (RFC 5321 §4.5.2), count, check, keep with LF ends."""
+        """Whole CRLF lines: unstuff dots (RFC 5321 §4.5.2), count, check, keep with LF ends.
+
+        A CRLF line past ``max_pending`` is refused here too, not only while it is
+        still partial, so how the text happened to be split never changes the answer
+        (text with bare LF line ends is one long CRLF line).
+        """
+        if (
+            len(lines) > self.max_pending
+            and max(map(len, lines.split(b"\r\n"))) + 2 > self.max_pending
+        ):
+            self.long_line = True
         text = lines[1:] if lines.startswith(b".") else lines
         text = text.replace(b"\r\n.", b"\r\n")
         self.size += len(text)

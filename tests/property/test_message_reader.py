@@ -39,7 +39,9 @@ def expected(lines: list[bytes]) -> bytes:
 
 line_text = st.binary(max_size=MAX_LINE - 3).filter(lambda b: b"\r" not in b and b"\n" not in b)
 stuffed = line_text.map(lambda b: b"." + b if b.startswith(b".") else b)
-noisy = st.lists(st.sampled_from([b"a", b".", b"\r", b"\n", b"\r\n", b"\r\n.", b"xyz"]))
+noisy = st.lists(
+    st.sampled_from([b"a", b".", b"\r", b"\n", b"\r\n", b"\r\n.", b"xyz", b"bare lf line\n" * 3])
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -72,6 +74,15 @@ def test_a_bare_lf_is_text_and_only_crlf_dot_crlf_ends():
     taken, reader = read(b"a\n.\nb\r\n.\r\nQUIT\r\n", [2, 3, 4])
     assert taken == len(b"a\n.\nb\r\n.\r\n")
     assert reader.content() == b"a\n.\nb\n"
+
+
+def test_bare_lf_text_past_the_pending_bound_is_refused_however_it_arrives():
+    """One CRLF line of many LF-ended ones: refused whole or in pieces, never by chance."""
+    stream = b"a\n" * 40 + b"\r\n.\r\n"
+    for cuts in ([], [70], [10, 20, 30]):
+        taken, reader = read(stream, cuts)
+        assert taken == len(stream)
+        assert reader.long_line, cuts
 
 
 def test_a_partial_line_past_the_pending_bound_is_dropped_not_buffered():
