@@ -145,6 +145,13 @@ class EventLog:
         self._events.clear()
 
     def close(self) -> None:
-        """Write what is queued, then stop appending; the in-memory log stays readable."""
+        """Write what is queued, then stop appending; the in-memory log stays readable.
+
+        Later events go to the batch writers at once: the pool that ran the writes
+        may be gone, and a job it never runs would leave them queued for good.
+        """
         self.flush()
         self._path = None
+        with self._queue_lock:
+            self._schedule_writes = None
+            self._writing = False

@@ -204,3 +204,16 @@ def test_events_emitted_from_many_threads_are_all_written_once(tmp_path: Path):
             log.emit(POP_LOGIN, AT, n=n)
     log.close()
     assert [json.loads(line)["n"] for line in path.read_text().splitlines()] == list(range(2000))
+
+
+def test_after_close_events_reach_the_writers_at_once(tmp_path: Path):
+    """A write job the stopped pool never runs does not leave later events queued for good."""
+    jobs: list = []
+    log = EventLog(tmp_path / "events.jsonl", schedule_writes=jobs.append)
+    seen: list[int] = []
+    log.add_writer(lambda batch: seen.extend(e["seq"] for e in batch))
+    log.emit(POP_LOGIN, AT)
+    log.close()
+    log.emit(POP_LOGIN, AT)
+    assert seen == [1, 2]
+    assert len(jobs) == 1, "the job scheduled before close; none after"
