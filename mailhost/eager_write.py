@@ -9,7 +9,9 @@ client.
 :class:`EagerWriteServer` tries ``send`` straight away when nothing is queued
 before it; whatever the kernel does not take (or any error) goes the usual
 queued way, so ordering, back-pressure and error handling stay Twisted's.
-Writes through TLS started with STARTTLS/STLS keep Twisted's path entirely.
+Writes through TLS started with STARTTLS/STLS keep Twisted's path entirely, and so
+do writes while a pull producer is registered: Twisted asks it for more only
+when its queue empties, which an eager send would never let happen.
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ class EagerWriteServer(tcp.Server):
             or not data
             or not self.connected
             or self.disconnecting
+            or self._aborting
             or self._writeDisconnected
             or self._tempDataLen
             or self.offset < len(self.dataBuffer)
+            or (self.producer is not None and not self.streamingProducer)
         ):
             super().write(data)
             return

@@ -7,8 +7,10 @@ from collections.abc import Iterator
 
 import pytest
 from twisted.internet import tcp
+from twisted.internet.interfaces import IPullProducer
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactor
+from zope.interface import implementer
 
 from mailhost.eager_write import EagerWriteServer, send_eagerly
 
@@ -52,6 +54,39 @@ def test_a_write_to_a_gone_peer_is_left_to_twisted_to_report(pair):
     transport.write(b"again\r\n")
     assert transport in reactor.getWriters()
     assert transport.doWrite() is not None, "the queued write meets the error: connection lost"
+
+
+def test_a_pull_producer_is_still_asked_for_more(pair):
+    """With a pull producer Twisted's queued path runs: it resumes the producer when drained."""
+    transport, peer, reactor = pair
+    asked: list[int] = []
+
+    @implementer(IPullProducer)
+    class Chunks:
+        def resumeProducing(self) -> None:
+            asked.append(1)
+            if len(asked) <= 3:
+                transport.write(b"chunk\r\n")
+            else:
+                transport.unregisterProducer()
+
+        def stopProducing(self) -> None:
+            pass
+
+    transport.registerProducer(Chunks(), False)
+    for _ in range(5):
+        if transport in reactor.getWriters():
+            transport.doWrite()
+    assert peer.recv(100) == b"chunk\r\n" * 3
+
+
+def test_nothing_goes_out_after_an_abort(pair):
+    transport, peer, _ = pair
+    transport._aborting = True
+    transport.write(b"late\r\n")
+    peer.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        peer.recv(100)
 
 
 def test_listening_ports_get_the_eager_transport():
