@@ -188,15 +188,22 @@ def test_pruning_timer_frees_expired_logins_only(tmp_path):
     service.stopService()
 
 
+class RecordingReactor:
+    """Keeps what pool threads hand back with callFromThread, for the test to deliver."""
+
+    def __init__(self) -> None:
+        self.calls: list = []
+
+    def callFromThread(self, f, *args, **kwargs):
+        self.calls.append((f, args, kwargs))
+
+    def deliver(self) -> None:
+        for f, args, kwargs in self.calls:
+            f(*args, **kwargs)
+
+
 def test_thread_pool_runner_runs_work_off_the_calling_thread():
     """Blocking work runs on a pool thread and its result comes back via callFromThread."""
-
-    class RecordingReactor:
-        def __init__(self) -> None:
-            self.calls: list = []
-
-        def callFromThread(self, f, *args, **kwargs):
-            self.calls.append((f, args, kwargs))
 
     reactor = RecordingReactor()
     pool = ThreadPool(minthreads=1, maxthreads=1)
@@ -207,21 +214,13 @@ def test_thread_pool_runner_runs_work_off_the_calling_thread():
         d.addCallback(results.append)
     finally:
         pool.stop()
-    for f, args, kwargs in reactor.calls:
-        f(*args, **kwargs)
+    reactor.deliver()
     assert results and results[0] != threading.current_thread().name
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux's")
 def test_a_niced_runner_lowers_its_workers_priority_and_not_the_callers():
     """bcrypt's pool threads run at nice 10; the reactor thread keeps its own priority."""
-
-    class RecordingReactor:
-        def __init__(self) -> None:
-            self.calls: list = []
-
-        def callFromThread(self, f, *args, **kwargs):
-            self.calls.append((f, args, kwargs))
 
     def own_nice() -> int:
         return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
@@ -235,21 +234,13 @@ def test_a_niced_runner_lowers_its_workers_priority_and_not_the_callers():
         thread_pool_runner(reactor, pool, nice=10)(own_nice).addCallback(results.append)
     finally:
         pool.stop()
-    for f, args, kwargs in reactor.calls:
-        f(*args, **kwargs)
+    reactor.deliver()
     assert results == [max(before, 10)]
     assert own_nice() == before
 
 
 def test_queued_jobs_are_dropped_once_a_dropping_pool_stops():
     """Password checks still queued at shutdown fail at once instead of holding it up."""
-
-    class RecordingReactor:
-        def __init__(self) -> None:
-            self.calls: list = []
-
-        def callFromThread(self, f, *args, **kwargs):
-            self.calls.append((f, args, kwargs))
 
     reactor = RecordingReactor()
     pool = ThreadPool(minthreads=1, maxthreads=1)
@@ -275,8 +266,7 @@ def test_queued_jobs_are_dropped_once_a_dropping_pool_stops():
         threading.Event().wait(0.001)
     release.set()
     stopper.join(10)
-    for f, args, kwargs in reactor.calls:
-        f(*args, **kwargs)
+    reactor.deliver()
     assert ran == []
     assert outcomes[0] is True
     assert [o.check(defer.CancelledError) for o in outcomes[1:]] == [defer.CancelledError] * 5
