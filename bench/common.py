@@ -176,6 +176,36 @@ def stats(samples: list[float]) -> dict[str, Any]:
     }
 
 
+def summary_row(
+    figure: str,
+    system: str,
+    value: float | None,
+    unit: str,
+    *,
+    versus: str | None = None,
+    ratio: float | None = None,
+    target: float | None = None,
+    passed: bool | None = None,
+    better: str | None = None,
+    note: str | None = None,
+) -> dict[str, Any]:
+    """One row of a script's ``summary`` list, in the form bench/run_all.py reads (see there)."""
+    row: dict[str, Any] = {
+        "figure": figure,
+        "system": system,
+        "value": value,
+        "unit": unit,
+        "versus": versus,
+        "ratio": ratio,
+        "target": target,
+        "pass": passed,
+    }
+    if better is not None:
+        row["better"] = better
+    row["note"] = note
+    return row
+
+
 def have(command: str) -> str | None:
     """Path of ``command`` on PATH or in the sbin directories Debian puts servers in."""
     return shutil.which(

@@ -346,65 +346,57 @@ def summary_rows(
         ),
     ):
         rows.append(
-            {
-                "figure": figure,
-                "system": "mailhost",
-                "value": cold[key]["median_ms"],
-                "unit": "ms",
-                "versus": "aiosmtpd Controller start",
-                "ratio": ratio(cold[key]["median_ms"], aio),
-                "target": COLD_START_FACTOR,
-                "pass": targets[target],
-                "better": "lower",
-                "note": aio_note or "median; ratio = mailhost / aiosmtpd, at most 2",
-            }
+            common.summary_row(
+                figure,
+                "mailhost",
+                cold[key]["median_ms"],
+                "ms",
+                versus="aiosmtpd Controller start",
+                ratio=ratio(cold[key]["median_ms"], aio),
+                target=COLD_START_FACTOR,
+                passed=targets[target],
+                better="lower",
+                note=aio_note or "median; ratio = mailhost / aiosmtpd, at most 2",
+            )
         )
     rows.append(
-        {
-            "figure": "fixture cold start",
-            "system": "aiosmtpd",
-            "value": aio,
-            "unit": "ms",
-            "versus": None,
-            "ratio": None,
-            "target": None,
-            "pass": None,
-            "better": "lower",
-            "note": aio_note or f"Controller start, aiosmtpd {comparator.get('version')}",
-        }
+        common.summary_row(
+            "fixture cold start",
+            "aiosmtpd",
+            aio,
+            "ms",
+            better="lower",
+            note=aio_note or f"Controller start, aiosmtpd {comparator.get('version')}",
+        )
     )
     rows.append(
-        {
-            "figure": "fixture cold start",
-            "system": "bare Twisted listener",
-            "value": floor["median_ms"],
-            "unit": "ms",
-            "versus": "aiosmtpd Controller start",
-            "ratio": ratio(floor["median_ms"], aio),
-            "target": None,
-            "pass": None,
-            "better": "lower",
-            "note": "the floor of any Twisted server here: reactor import (with pyOpenSSL) "
+        common.summary_row(
+            "fixture cold start",
+            "bare Twisted listener",
+            floor["median_ms"],
+            "ms",
+            versus="aiosmtpd Controller start",
+            ratio=ratio(floor["median_ms"], aio),
+            better="lower",
+            note="the floor of any Twisted server here: reactor import (with pyOpenSSL) "
             "and one listener",
-        }
+        )
     )
     for figure, key, target in (
         ("POST /api/reset", "api", "api_reset_le_20ms"),
         ("plugin MailhostServer.reset", "plugin", "plugin_reset_le_20ms"),
     ):
         rows.append(
-            {
-                "figure": figure,
-                "system": "mailhost",
-                "value": resets[key]["median_ms"],
-                "unit": "ms",
-                "versus": None,
-                "ratio": None,
-                "target": RESET_TARGET_MS,
-                "pass": targets[target],
-                "better": "lower",
-                "note": f"absolute bound: median <= {RESET_TARGET_MS:g} ms",
-            }
+            common.summary_row(
+                figure,
+                "mailhost",
+                resets[key]["median_ms"],
+                "ms",
+                target=RESET_TARGET_MS,
+                passed=targets[target],
+                better="lower",
+                note=f"absolute bound: median <= {RESET_TARGET_MS:g} ms",
+            )
         )
     return rows
 

@@ -270,21 +270,16 @@ def fmt(value: float | None, digits: int = 2) -> str:
 
 
 def row(
-    figure: str, value: float | None, unit: str, note: str | None = None, **extra: Any
+    figure: str,
+    value: float | None,
+    unit: str,
+    note: str | None = None,
+    target: float | None = None,
+    passed: bool | None = None,
 ) -> dict[str, Any]:
-    return {
-        "figure": figure,
-        "system": "mailhost",
-        "value": value,
-        "unit": unit,
-        "versus": None,
-        "ratio": None,
-        "target": None,
-        "pass": None,
-        "better": "lower",
-        "note": note,
-        **extra,
-    }
+    return common.summary_row(
+        figure, "mailhost", value, unit, target=target, passed=passed, better="lower", note=note
+    )
 
 
 def main() -> int:
@@ -395,7 +390,7 @@ def main() -> int:
             f"absolute bound: at most {GROWTH_BOUND:.0%} of the growth to {entries:,}, and "
             f"length {entries:,} (it is {table['length_second']:,})",
             target=round(bound_kib / 1024, 2),
-            **{"pass": table["bounded"]},
+            passed=table["bounded"],
         ),
     ]
     results = {

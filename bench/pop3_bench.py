@@ -677,17 +677,17 @@ def row(
     note: str | None = None,
 ) -> dict[str, Any]:
     share = ratio(value, other) if versus else None
-    return {
-        "figure": figure,
-        "system": system,
-        "value": None if value is None else round(value, 2),
-        "unit": unit,
-        "versus": versus,
-        "ratio": share,
-        "target": target,
-        "pass": None if share is None or target is None else share >= target,
-        "note": note,
-    }
+    return common.summary_row(
+        figure,
+        system,
+        None if value is None else round(value, 2),
+        unit,
+        versus=versus,
+        ratio=share,
+        target=target,
+        passed=None if share is None or target is None else share >= target,
+        note=note,
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

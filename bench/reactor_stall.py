@@ -471,43 +471,33 @@ def main() -> int:
         print(f"mailhost exited with status {exit_status}; stderr:\n{stderr_tail}")
 
     summary = [
-        {
-            "figure": "NOOP p99 on idle sessions during a cost-12 login storm",
-            "system": "mailhost",
-            "value": storm_p99,
-            "unit": "ms",
-            "versus": None,
-            "ratio": None,
-            "target": TARGET_P99_MS,
-            "pass": passed,
-            "better": "lower",
-            "note": f"absolute bound: p99 <= {TARGET_P99_MS:g} ms; {args.clients} clients"
+        common.summary_row(
+            "NOOP p99 on idle sessions during a cost-12 login storm",
+            "mailhost",
+            storm_p99,
+            "ms",
+            target=TARGET_P99_MS,
+            passed=passed,
+            better="lower",
+            note=f"absolute bound: p99 <= {TARGET_P99_MS:g} ms; {args.clients} clients"
             + (f"; {busy_note}" if busy_note else ""),
-        },
-        {
-            "figure": "NOOP p99 on idle sessions, no storm",
-            "system": "mailhost",
-            "value": figures["baseline"]["all"]["p99_ms"],
-            "unit": "ms",
-            "versus": None,
-            "ratio": None,
-            "target": None,
-            "pass": None,
-            "better": "lower",
-            "note": "baseline for the storm row",
-        },
-        {
-            "figure": "cost-12 logins during the storm",
-            "system": "mailhost",
-            "value": None if run["logins_per_s"] is None else round(run["logins_per_s"], 2),
-            "unit": "logins/s",
-            "versus": None,
-            "ratio": None,
-            "target": None,
-            "pass": None,
-            "better": "higher",
-            "note": f"{run['logins']} logins in {run['storm_seconds']:.1f} s",
-        },
+        ),
+        common.summary_row(
+            "NOOP p99 on idle sessions, no storm",
+            "mailhost",
+            figures["baseline"]["all"]["p99_ms"],
+            "ms",
+            better="lower",
+            note="baseline for the storm row",
+        ),
+        common.summary_row(
+            "cost-12 logins during the storm",
+            "mailhost",
+            None if run["logins_per_s"] is None else round(run["logins_per_s"], 2),
+            "logins/s",
+            better="higher",
+            note=f"{run['logins']} logins in {run['storm_seconds']:.1f} s",
+        ),
     ]
     results = {
         "python": sys.version.split()[0],

@@ -680,47 +680,35 @@ def summary_rows(results: dict[str, Any], args: argparse.Namespace) -> list[dict
             ratio = round(ours / theirs, 3) if ours and theirs else None
             passed = None if ratio is None else ratio >= target and not ours_note
             rows.append(
-                {
-                    "figure": figure,
-                    "system": LABELS["mailhost"],
-                    "value": ours,
-                    "unit": "msg/s",
-                    "versus": LABELS[versus],
-                    "ratio": ratio,
-                    "target": target,
-                    "pass": passed,
-                    "note": ours_note or (note(versus, mode) if ratio is None else load),
-                }
+                common.summary_row(
+                    figure,
+                    LABELS["mailhost"],
+                    ours,
+                    "msg/s",
+                    versus=LABELS[versus],
+                    ratio=ratio,
+                    target=target,
+                    passed=passed,
+                    note=ours_note or (note(versus, mode) if ratio is None else load),
+                )
             )
         for name in ("aiosmtpd", "postfix", "smtp-sink"):
             extra = "ceiling: stores nothing" if name == "smtp-sink" else load
             rows.append(
-                {
-                    "figure": figure,
-                    "system": LABELS[name],
-                    "value": value(name, mode),
-                    "unit": "msg/s",
-                    "versus": None,
-                    "ratio": None,
-                    "target": None,
-                    "pass": None,
-                    "note": note(name, mode) or extra,
-                }
+                common.summary_row(
+                    figure, LABELS[name], value(name, mode), "msg/s", note=note(name, mode) or extra
+                )
             )
             if name == "postfix":
                 rows.append(
-                    {
-                        "figure": figure,
-                        "system": "Postfix (delivered into Maildir)",
-                        "value": value(name, mode, "median_delivered_rate"),
-                        "unit": "msg/s",
-                        "versus": None,
-                        "ratio": None,
-                        "target": None,
-                        "pass": None,
-                        "note": note(name, mode)
+                    common.summary_row(
+                        figure,
+                        "Postfix (delivered into Maildir)",
+                        value(name, mode, "median_delivered_rate"),
+                        "msg/s",
+                        note=note(name, mode)
                         or "N / time from the first connection to the last file in new/",
-                    }
+                    )
                 )
     return rows
 
