@@ -94,6 +94,12 @@ def connect(factory: POP3Factory) -> Iterator[Callable[..., Session]]:
         session.drop()
 
 
+def slow_session(provider: Provider) -> tuple[Session, QueuedRunBlocking]:
+    """A session whose disk and bcrypt work waits until the test runs it."""
+    runner = QueuedRunBlocking()
+    return Session(POP3Factory(dataclasses.replace(provider, run_blocking=runner))), runner
+
+
 def inbox(provider: Provider) -> Path:
     return provider.data.mailbox(ALICE)
 
@@ -703,9 +709,7 @@ def test_pipelined_commands_wait_for_a_slow_handler(
     tmp_path: Path, clock: Clock, three_messages: list[bytes], provider: Provider
 ) -> None:
     """While bcrypt or a disk read is pending, later commands are held, not answered early."""
-    runner = QueuedRunBlocking()
-    slow = dataclasses.replace(provider, run_blocking=runner)
-    session = Session(POP3Factory(slow))
+    session, runner = slow_session(provider)
     reply = session.send(f"USER {ALICE}\r\nPASS alice-secret\r\nRETR 1\r\nNOOP\r\n".encode())
     assert reply == b"+OK Send PASS\r\n"
     runner.run_one()
@@ -722,8 +726,7 @@ def test_one_disk_read_serves_the_following_retrs(
     tmp_path: Path, clock: Clock, three_messages: list[bytes], provider: Provider
 ) -> None:
     """RETR 1 reads ahead; RETR 2 is answered at once; a DELE'd message is still refused."""
-    runner = QueuedRunBlocking()
-    session = Session(POP3Factory(dataclasses.replace(provider, run_blocking=runner)))
+    session, runner = slow_session(provider)
     session.send(f"USER {ALICE}\r\nPASS alice-secret\r\n".encode())
     runner.run_all()
     assert session.take().startswith(b"+OK Logged in")
@@ -752,9 +755,7 @@ def test_a_first_login_makes_and_locks_the_maildir_off_the_reactor(
     tmp_path: Path, clock: Clock, provider: Provider
 ) -> None:
     """Making a Maildir fsyncs its parents: that waits in the pool, like the listing."""
-    runner = QueuedRunBlocking()
-    slow = dataclasses.replace(provider, run_blocking=runner)
-    session = Session(POP3Factory(slow))
+    session, runner = slow_session(provider)
     session.send(f"USER {ALICE}\r\nPASS alice-secret\r\n".encode())
     runner.run_one()  # bcrypt
     assert not inbox(provider).exists()
@@ -770,9 +771,7 @@ def test_login_finishing_after_a_drop_grants_nothing_and_unlocks(
     tmp_path: Path, clock: Clock, provider: Provider
 ) -> None:
     """A client gone before +OK gets no grant, and its maildrop lock is released."""
-    runner = QueuedRunBlocking()
-    slow = dataclasses.replace(provider, run_blocking=runner)
-    session = Session(POP3Factory(slow))
+    session, runner = slow_session(provider)
     session.send(f"USER {ALICE}\r\nPASS alice-secret\r\n".encode())
     session.drop()
     runner.run_all()
