@@ -306,8 +306,23 @@ class PopMailbox:
         return len(live), sum(message.size for _, message in live)
 
     def read(self, number: int) -> bytes:
+        """The stored octets of message ``number``.
+
+        ``os.read`` sized from the listing: three system calls where
+        ``Path.read_bytes`` makes nine, and every one lets the reactor thread's
+        GIL go to another thread and come back.
+        """
         message = self.messages[number - 1]
-        return (self.path / message.subdir / message.name).read_bytes()
+        fd = os.open(f"{self.path}/{message.subdir}/{message.name}", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            want = message.size + 1
+            parts = [os.read(fd, want)]
+            while len(parts[-1]) == want:
+                parts.append(os.read(fd, 65536))
+                want = 65536
+        finally:
+            os.close(fd)
+        return b"".join(parts)
 
     def read_ahead(self, number: int, budget: int) -> dict[int, bytes]:
         """Message ``number`` and the live ones after it, while their sizes fit ``budget``.

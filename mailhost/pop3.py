@@ -567,7 +567,8 @@ class POP3Server(LineProtocol):
             send(data)
             return None
         self._read_ahead = {}
-        d = self.provider.run_blocking(mailbox.read_ahead, number, READ_AHEAD_BYTES)
+        run = self.provider.run_reading or self.provider.run_blocking
+        d = run(mailbox.read_ahead, number, READ_AHEAD_BYTES)
         return d.addCallbacks(read, unreadable)
 
     def do_DELE(self, argument: bytes) -> None:

@@ -39,6 +39,11 @@ class Provider:
     run_blocking: RunBlocking
     run_hashing: RunBlocking | None = None
     """Where bcrypt runs; ``run_blocking`` when not given."""
+    run_reading: RunBlocking | None = None
+    """Where POP3 sessions read messages; ``run_blocking`` when not given. The server
+    gives it one thread: a read is a string of short system calls, each one a chance
+    for another thread to take the GIL, and eight sessions reading at once on eight
+    threads kept the reactor thread waiting for it."""
     limits: Limits = field(default_factory=Limits)
     hostname: str = "localhost"
     configured_domains: tuple[str, ...] = ()

@@ -47,6 +47,9 @@ from mailhost.tls import TLSIdentity, server_identity
 PRUNE_INTERVAL = 60.0
 STORAGE_THREADS = 8
 """fsync-bound Maildir work waits on the disk, not the CPU, so it can overlap widely."""
+READING_THREADS = 1
+"""POP3 message reads are served from the page cache in microseconds; one thread
+keeps them from contending with each other and the reactor thread for the GIL."""
 HASHING_THREADS = max(2, os.cpu_count() or 2)
 """bcrypt is CPU-bound: one thread per core; its own pool, so a login storm never
 queues a delivery's fsync (or a POP3 QUIT) behind password checks."""
@@ -94,6 +97,7 @@ def build_provider(
     run_blocking: RunBlocking,
     tls_options: Any = None,
     run_hashing: RunBlocking | None = None,
+    run_reading: RunBlocking | None = None,
 ) -> Provider:
     data = DataDir(config.data_dir)
     data.root.mkdir(parents=True, exist_ok=True)
@@ -106,6 +110,7 @@ def build_provider(
         schemes=config.schemes,
         run_blocking=run_blocking,
         run_hashing=run_hashing,
+        run_reading=run_reading,
         limits=config.limits,
         hostname=config.hostname,
         configured_domains=config.domains,
@@ -332,8 +337,9 @@ class MailhostService(MultiService):
         self.tls = tls if tls is not None else build_tls_identity(config, reactor)
         tls_options = self.tls.server_options()
         storage_pool = ThreadPool(minthreads=0, maxthreads=STORAGE_THREADS, name="mailhost-storage")
+        reading_pool = ThreadPool(minthreads=0, maxthreads=READING_THREADS, name="mailhost-reading")
         hashing_pool = ThreadPool(minthreads=0, maxthreads=HASHING_THREADS, name="mailhost-bcrypt")
-        for pool in (storage_pool, hashing_pool):
+        for pool in (storage_pool, reading_pool, hashing_pool):
             _ThreadPoolService(pool).setServiceParent(self)
         clock = ServerClock(reactor, start=config.now)
         self.provider = build_provider(
@@ -344,6 +350,7 @@ class MailhostService(MultiService):
             run_hashing=thread_pool_runner(
                 reactor, hashing_pool, nice=HASHING_NICE, drop_when_stopping=True
             ),
+            run_reading=thread_pool_runner(reactor, reading_pool),
         )
         _PruneService(reactor, self.provider).setServiceParent(self)
         self.tmp_sweep = _TmpSweepService(reactor, self.provider)

@@ -740,6 +740,27 @@ def test_one_disk_read_serves_the_following_retrs(
     session.drop()
 
 
+def test_message_reads_go_to_the_reading_runner(
+    tmp_path: Path, clock: Clock, three_messages: list[bytes], provider: Provider
+) -> None:
+    """RETR and TOP read on ``run_reading``; the login's listing stays on ``run_blocking``."""
+    storage, reading = QueuedRunBlocking(), QueuedRunBlocking()
+    split = dataclasses.replace(provider, run_blocking=storage, run_reading=reading)
+    session = Session(POP3Factory(split))
+    session.send(f"USER {ALICE}\r\nPASS alice-secret\r\n".encode())
+    storage.run_all()
+    assert session.take().startswith(b"+OK Logged in")
+    assert session.send(b"RETR 1\r\n") == b""
+    assert (len(storage.queue), len(reading.queue)) == (0, 1)
+    reading.run_one()
+    assert session.take().endswith(wire_text(three_messages[0]))
+    assert session.send(b"TOP 1 0\r\n") == b"", "RETR took message 1 from the read-ahead"
+    assert (len(storage.queue), len(reading.queue)) == (0, 1)
+    reading.run_one()
+    assert session.take() == b"+OK\r\n" + wire_text(top_text(three_messages[0], 0))
+    session.drop()
+
+
 def test_a_check_dropped_at_shutdown_is_refused_and_closes(provider: Provider) -> None:
     """A password check the stopping server never ran: -ERR [SYS/TEMP], close, no throttle."""
     stopping = dataclasses.replace(

@@ -116,6 +116,18 @@ def test_read_ahead_takes_the_next_live_messages_within_the_budget(tmp_path: Pat
     assert list(mailbox.read_ahead(5, 1)) == [5], "the asked-for message whatever its size"
 
 
+@pytest.mark.parametrize("size", [0, 1, 100, 70_000, 300_000])
+def test_read_returns_the_whole_file_whatever_its_name_says(tmp_path: Path, size: int) -> None:
+    """The read is sized from the listing; a name whose W= size is wrong still reads it all."""
+    box = tmp_path / "box"
+    ensure_maildir(box)
+    body = bytes(range(256)) * (size // 256) + b"z" * (size % 256)
+    (box / "cur" / "1700000000.M1P1.host,S=10,W=10:2,").write_bytes(body)
+    mailbox = PopMailbox.scan(box)
+    assert mailbox.messages[0].size == 10
+    assert mailbox.read(1) == body
+
+
 def test_delete_only_marks(tmp_path: Path) -> None:
     """DELE hides the message from the session but leaves the file (RFC 1939 §6)."""
     box = tmp_path / "box"

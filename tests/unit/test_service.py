@@ -365,23 +365,25 @@ def test_sweep_carries_on_past_a_maildir_it_cannot_read(tmp_path, monkeypatch):
     assert paths["outbox"].exists() and not paths["stale"].exists()
 
 
-def test_bcrypt_and_storage_run_on_separate_pools(tmp_path, monkeypatch):
-    """Password checks get their own pool, so a login storm cannot queue fsyncs behind bcrypt."""
+def test_bcrypt_storage_and_reading_run_on_separate_pools(tmp_path, monkeypatch):
+    """Password checks get their own pool, so a login storm cannot queue fsyncs behind bcrypt;
+    POP3 message reads get one thread of their own."""
     runners = {}
-    nices = {}
+    settings = {}
 
     def runner_for(reactor, pool, nice=0, drop_when_stopping=False):
         runners[pool.name] = lambda f, *args: run_inline(f, *args)
-        nices[pool.name] = (nice, drop_when_stopping)
+        settings[pool.name] = (pool.max, nice, drop_when_stopping)
         return runners[pool.name]
 
     monkeypatch.setattr(service_module, "thread_pool_runner", runner_for)
     service = start(tmp_path, MemoryReactorClock())
-    assert set(runners) == {"mailhost-storage", "mailhost-bcrypt"}
     assert service.provider.run_blocking is runners["mailhost-storage"]
     assert service.provider.checker().run_blocking is runners["mailhost-bcrypt"]
-    assert nices == {
-        "mailhost-storage": (0, False),
-        "mailhost-bcrypt": (service_module.HASHING_NICE, True),
+    assert service.provider.run_reading is runners["mailhost-reading"]
+    assert settings == {
+        "mailhost-storage": (service_module.STORAGE_THREADS, 0, False),
+        "mailhost-reading": (1, 0, False),
+        "mailhost-bcrypt": (service_module.HASHING_THREADS, service_module.HASHING_NICE, True),
     }
     service.stopService()
