@@ -20,6 +20,7 @@ POP3 sends them (CRLF). :data:`POP3_LOCKS` keeps one session per maildrop.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import itertools
 import os
@@ -54,8 +55,18 @@ def ensure_maildir(path: Path) -> Path:
 
 def unique_name() -> str:
     now = time.time_ns()
-    host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
-    return f"{now // 10**9}.M{(now // 1000) % 10**6:06d}P{os.getpid()}Q{next(_counter)}.{host}"
+    pid, host = _process_part()
+    return f"{now // 10**9}.M{(now // 1000) % 10**6:06d}P{pid}Q{next(_counter)}.{host}"
+
+
+@functools.cache
+def _process_part() -> tuple[int, str]:
+    """The pid and the escaped host name, once per process: two system calls a
+    delivery otherwise, each a hand-over of the GIL under load."""
+    return os.getpid(), socket.gethostname().replace("/", "\\057").replace(":", "\\072")
+
+
+os.register_at_fork(after_in_child=_process_part.cache_clear)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -67,11 +78,19 @@ def _fsync_dir(path: Path) -> None:
 
 
 def deliver(maildir: Path, message: bytes) -> str:
-    """Store ``message`` durably in ``maildir``; returns the file name in ``new/``."""
-    ensure_maildir(maildir)
+    """Store ``message`` durably in ``maildir``; returns the file name in ``new/``.
+
+    The Maildir is made only when ``tmp/`` or ``new/`` turns out to be missing,
+    not checked before every delivery: three ``stat`` calls fewer for each.
+    """
     name = f"{unique_name()},S={len(message)},W={pop3_size(message)}"
     tmp = maildir / "tmp" / name
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    try:
+        fd = os.open(tmp, flags, 0o600)
+    except FileNotFoundError:
+        ensure_maildir(maildir)
+        fd = os.open(tmp, flags, 0o600)
     try:
         try:
             view = memoryview(message)
@@ -81,7 +100,11 @@ def deliver(maildir: Path, message: bytes) -> str:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.link(tmp, maildir / "new" / name)
+        try:
+            os.link(tmp, maildir / "new" / name)
+        except FileNotFoundError:
+            ensure_maildir(maildir)
+            os.link(tmp, maildir / "new" / name)
     finally:
         os.unlink(tmp)
     _fsync_dir(maildir / "new")

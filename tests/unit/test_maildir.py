@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -335,6 +336,40 @@ def test_delivery_fsyncs_file_then_links_then_fsyncs_directory(tmp_path, monkeyp
     monkeypatch.setattr(os, "unlink", unlink)
     deliver(box, b"Subject: x\n\nbody\n")
     assert steps == ["fsync file", "link tmp->new", "unlink tmp", "fsync dir new"]
+
+
+def test_first_delivery_to_a_new_account_makes_its_maildir_durably(tmp_path, monkeypatch):
+    """No Maildir yet: delivery makes it, fsyncing each parent, and stores the message."""
+    synced: list[Path] = []
+    real_fsync_dir = maildir._fsync_dir
+
+    def fsync_dir(path: Path) -> None:
+        synced.append(path)
+        real_fsync_dir(path)
+
+    monkeypatch.setattr(maildir, "_fsync_dir", fsync_dir)
+    box = tmp_path / "mail" / "alice@example.org"
+    name = deliver(box, b"first\n")
+    assert (box / "new" / name).read_bytes() == b"first\n"
+    assert {tmp_path / "mail", box, box / "new"} <= set(synced)
+    assert (box / "cur").is_dir()
+
+
+def test_delivery_remakes_a_missing_new_directory(tmp_path):
+    """tmp/ present but new/ gone: the link is retried after the Maildir is made whole."""
+    box = ensure_maildir(tmp_path / "box")
+    (box / "new").rmdir()
+    name = deliver(box, b"body\n")
+    assert (box / "new" / name).read_bytes() == b"body\n"
+    assert list((box / "tmp").iterdir()) == []
+
+
+def test_unique_names_carry_pid_and_host_and_differ():
+    """The pid and host are read once per process; the counter keeps names apart."""
+    first, second = maildir.unique_name(), maildir.unique_name()
+    assert first != second
+    host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
+    assert f"P{os.getpid()}Q" in first and first.endswith("." + host)
 
 
 def test_delivery_never_replaces_a_message_of_the_same_name(tmp_path, monkeypatch):
