@@ -574,7 +574,9 @@ class POP3Server(LineProtocol):
             send(data)
             return None
         self._read_ahead = {}
-        run = self.provider.run_reading or self.provider.run_blocking
+        run = self.provider.run_reading
+        if run is None or message.size > READ_AHEAD_BYTES:
+            run = self.provider.run_blocking  # on the one reading thread it would hold up all
         d = run(mailbox.read_ahead, number, READ_AHEAD_BYTES)
         return d.addCallbacks(read, unreadable)
 

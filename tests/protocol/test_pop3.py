@@ -22,6 +22,7 @@ from mailhost import events, maildir
 from mailhost.config import Limits
 from mailhost.maildir import deliver, pop3_size
 from mailhost.pop3 import (
+    READ_AHEAD_BYTES,
     POP3Factory,
     multiline,
     parse_number,
@@ -740,16 +741,24 @@ def test_one_disk_read_serves_the_following_retrs(
     session.drop()
 
 
-def test_message_reads_go_to_the_reading_runner(
-    tmp_path: Path, clock: Clock, three_messages: list[bytes], provider: Provider
-) -> None:
-    """RETR and TOP read on ``run_reading``; the login's listing stays on ``run_blocking``."""
+def logged_in_with_a_reading_runner(
+    provider: Provider,
+) -> tuple[Session, QueuedRunBlocking, QueuedRunBlocking]:
+    """A logged-in session whose storage work and message reads wait in separate queues."""
     storage, reading = QueuedRunBlocking(), QueuedRunBlocking()
     split = dataclasses.replace(provider, run_blocking=storage, run_reading=reading)
     session = Session(POP3Factory(split))
     session.send(f"USER {ALICE}\r\nPASS alice-secret\r\n".encode())
     storage.run_all()
     assert session.take().startswith(b"+OK Logged in")
+    return session, storage, reading
+
+
+def test_message_reads_go_to_the_reading_runner(
+    tmp_path: Path, clock: Clock, three_messages: list[bytes], provider: Provider
+) -> None:
+    """RETR and TOP read on ``run_reading``; the login's listing stays on ``run_blocking``."""
+    session, storage, reading = logged_in_with_a_reading_runner(provider)
     assert session.send(b"RETR 1\r\n") == b""
     assert (len(storage.queue), len(reading.queue)) == (0, 1)
     reading.run_one()
@@ -758,6 +767,21 @@ def test_message_reads_go_to_the_reading_runner(
     assert (len(storage.queue), len(reading.queue)) == (0, 1)
     reading.run_one()
     assert session.take() == b"+OK\r\n" + wire_text(top_text(three_messages[0], 0))
+    session.drop()
+
+
+def test_a_large_message_is_read_on_the_storage_pool(
+    tmp_path: Path, clock: Clock, provider: Provider
+) -> None:
+    """The one reading thread serves every session: a message over the read-ahead budget
+    is read on the storage pool instead, so it cannot hold up the others' reads."""
+    large = b"Subject: big\n\n" + b"x" * READ_AHEAD_BYTES + b"\n"
+    deliver(inbox(provider), large)
+    session, storage, reading = logged_in_with_a_reading_runner(provider)
+    assert session.send(b"RETR 1\r\n") == b""
+    assert (len(storage.queue), len(reading.queue)) == (1, 0)
+    storage.run_one()
+    assert session.take().endswith(wire_text(large))
     session.drop()
 
 
