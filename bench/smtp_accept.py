@@ -225,6 +225,28 @@ def filesystem_of(path: Path) -> str | None:
     return kind
 
 
+CREATE_PROBE_FILES = 200
+CREATE_PROBE_NOTE_US = 100.0
+
+
+def file_create_us(directory: Path, count: int = CREATE_PROBE_FILES) -> float:
+    """Median microseconds to create one empty file in ``directory`` (the files are kept).
+
+    Every durable system here creates one file per message, so this cost is in all their
+    rates. It is not constant: ext4 without a journal (as on some virtual machines) will not
+    reuse an inode for a minute or more after its file was deleted, and creating files soon
+    after many deletions (an earlier benchmark's clean-up) then costs hundreds of
+    microseconds each instead of a few; a shared cost that narrows every ratio.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    times = []
+    for number in range(count):
+        started = time.perf_counter()
+        os.close(os.open(directory / f"probe-{number}", os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1e6
+
+
 def client_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -671,6 +693,9 @@ def summary_rows(results: dict[str, Any], args: argparse.Namespace) -> list[dict
 
     rows: list[dict[str, Any]] = []
     load = f"{args.sessions} sessions, {args.size} B, median of {args.runs} x {args.messages}"
+    create_us = results["machine"].get("file_create_us_at_start")
+    if create_us is not None:
+        load += f"; a file create took {create_us:.0f} us at the start"
     for mode in args.modes:
         figure = FIGURES[mode]
         ours = value("mailhost", mode)
@@ -751,6 +776,8 @@ def print_table(results: dict[str, Any], rows: list[dict[str, Any]]) -> None:
             f"{row['figure']}: mailhost / {row['versus']} = {fmt(row['ratio'], '.2f')} "
             f"(target >= {row['target']:g}) {verdict}"
         )
+    for note in results["notes"]:
+        print(f"note: {note}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -832,6 +859,14 @@ def main(argv: list[str] | None = None) -> int:
     base = Path(tempfile.mkdtemp(prefix="smtp-accept-", dir=args.tmp))
     base.chmod(0o755)  # Postfix's own users must reach its directories below
     results["machine"]["filesystem"] = filesystem_of(base.resolve())
+    create_us = file_create_us(base / "create-probe")
+    results["machine"]["file_create_us_at_start"] = round(create_us, 1)
+    if create_us > CREATE_PROBE_NOTE_US:
+        results["notes"].append(
+            f"creating a file took {create_us:.0f} us here (median of {CREATE_PROBE_FILES}): "
+            "every durable system pays that per message, which narrows the ratios; "
+            "recently deleted inodes on an ext4 without a journal are one cause"
+        )
     systems: list[System] = []
     exit_status = 0
     try:
