@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer, protocol
-from twisted.internet.interfaces import ISSLTransport, ITLSTransport
+from twisted.internet.interfaces import IDelayedCall, ISSLTransport, ITLSTransport
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python import log
 
@@ -50,6 +50,7 @@ class LineProtocol(protocol.Protocol, TimeoutMixin):
     _closed = False
     _transport_paused = False
     _admission: tuple[ConnectionLimiter, str] | None = None
+    _delayed: IDelayedCall | None = None
 
     def dataReceived(self, data: bytes) -> None:
         if self._closed:
@@ -130,11 +131,12 @@ class LineProtocol(protocol.Protocol, TimeoutMixin):
         """Run ``handler(*args)`` after ``delay_ms``; the Deferred holds back pipelined lines.
 
         The wait is the server's, not the client's, so the idle timer stops
-        meanwhile and restarts with ``idle_timeout`` when the handler runs.
+        meanwhile and restarts with ``idle_timeout`` when the handler runs. A
+        connection lost meanwhile cancels the wait.
         """
         self.setTimeout(None)
         d: defer.Deferred = defer.Deferred()
-        self.callLater(delay_ms / 1000, d.callback, None)
+        self._delayed = self.callLater(delay_ms / 1000, d.callback, None)
 
         def handle(_: None) -> Any:
             if self._closed:
@@ -199,6 +201,8 @@ class LineProtocol(protocol.Protocol, TimeoutMixin):
     def connectionLost(self, reason: object = protocol.connectionDone) -> None:
         self._closed = True
         self.setTimeout(None)
+        if self._delayed is not None and self._delayed.active():
+            self._delayed.cancel()
         if self._admission is not None:
             limiter, ip = self._admission
             self._admission = None

@@ -262,6 +262,18 @@ def test_delayed_stat_holds_back_pipelined_noop(provider, clock):
     assert session.take() == [f"+OK 1 {len(MESSAGE) + 4}", "+OK"]
 
 
+def test_a_pending_delay_is_cancelled_when_the_client_goes(provider, clock):
+    """A client gone during a delay leaves no timer behind, and the command never runs."""
+    provider.faults.add({"protocol": "pop3", "command": "DELE", "action": "delay", "delay_ms": 900})
+    session = pop3(provider)
+    assert session.send("DELE 1") == []
+    assert clock.getDelayedCalls()
+    session.lost()
+    assert clock.getDelayedCalls() == []
+    clock.advance(1)
+    assert session.take() == []
+
+
 def test_drop_on_quit_deletes_nothing(provider):
     """A drop on QUIT closes without UPDATE: the message marked for deletion stays."""
     provider.faults.add({"protocol": "pop3", "command": "QUIT", "action": "drop"})
