@@ -340,10 +340,10 @@ def test_delivery_fsyncs_file_then_links_then_fsyncs_directory(tmp_path, monkeyp
 
 def test_first_delivery_to_a_new_account_makes_its_maildir_durably(tmp_path, monkeypatch):
     """No Maildir yet: delivery makes it, fsyncing each parent, and stores the message."""
-    synced: list[Path] = []
+    synced: list[Path | str] = []
     real_fsync_dir = maildir._fsync_dir
 
-    def fsync_dir(path: Path) -> None:
+    def fsync_dir(path: Path | str) -> None:
         synced.append(path)
         real_fsync_dir(path)
 
@@ -351,7 +351,7 @@ def test_first_delivery_to_a_new_account_makes_its_maildir_durably(tmp_path, mon
     box = tmp_path / "mail" / "alice@example.org"
     name = deliver(box, b"first\n")
     assert (box / "new" / name).read_bytes() == b"first\n"
-    assert {tmp_path / "mail", box, box / "new"} <= set(synced)
+    assert {tmp_path / "mail", box, box / "new"} <= {Path(path) for path in synced}
     assert (box / "cur").is_dir()
 
 
