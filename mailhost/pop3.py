@@ -576,7 +576,7 @@ class POP3Server(LineProtocol):
         self._read_ahead = {}
         run = self.provider.run_reading
         if run is None or message.size > READ_AHEAD_BYTES:
-            run = self.provider.run_blocking  # on the one reading thread it would hold up all
+            run = self.provider.run_blocking  # one large read would hold up every session's
         d = run(mailbox.read_ahead, number, READ_AHEAD_BYTES)
         return d.addCallbacks(read, unreadable)
 
