@@ -79,8 +79,13 @@ BUSY = b"-ERR [SYS/TEMP] Too many logins in progress from your address; try agai
 NO_SUCH_MESSAGE = b"-ERR No such message"
 SHUTTING_DOWN = b"-ERR [SYS/TEMP] Server shutting down"
 READ_AHEAD_BYTES = 128 * 1024
-"""What one RETR reads ahead for the next ones: a hand-over to the disk thread
+"""The most one RETR reads ahead for the next ones: a hand-over to the disk thread
 cost more than the reading of a 4 KB message itself."""
+FIRST_READ_AHEAD_BYTES = 16 * 1024
+"""A session's first read takes the asked-for message alone, the next reads ahead
+this much, and each one after that twice as much up to :data:`READ_AHEAD_BYTES`:
+a client that fetches three messages should not cost the shared reading thread
+thirty files."""
 FAULT_TEXT = "[SYS/TEMP] Fault injected"
 
 
@@ -221,6 +226,7 @@ class POP3Server(LineProtocol):
         self._connected = False
         self._committing = False
         self._read_ahead: dict[int, bytes] = {}
+        self._read_ahead_budget = 0
 
     @property
     def mailbox(self) -> PopMailbox:
@@ -577,7 +583,9 @@ class POP3Server(LineProtocol):
         run = self.provider.run_reading
         if run is None or message.size > READ_AHEAD_BYTES:
             run = self.provider.run_blocking  # one large read would hold up every session's
-        d = run(mailbox.read_ahead, number, READ_AHEAD_BYTES)
+        budget = self._read_ahead_budget
+        self._read_ahead_budget = min(READ_AHEAD_BYTES, max(2 * budget, FIRST_READ_AHEAD_BYTES))
+        d = run(mailbox.read_ahead, number, budget)
         return d.addCallbacks(read, unreadable)
 
     def do_DELE(self, argument: bytes) -> None:

@@ -22,6 +22,7 @@ from mailhost import events, maildir
 from mailhost.config import Limits
 from mailhost.maildir import deliver, pop3_size
 from mailhost.pop3 import (
+    FIRST_READ_AHEAD_BYTES,
     READ_AHEAD_BYTES,
     POP3Factory,
     multiline,
@@ -726,7 +727,8 @@ def test_pipelined_commands_wait_for_a_slow_handler(
 def test_one_disk_read_serves_the_following_retrs(
     tmp_path: Path, clock: Clock, three_messages: list[bytes], provider: Provider
 ) -> None:
-    """RETR 1 reads ahead; RETR 2 is answered at once; a DELE'd message is still refused."""
+    """RETR 1 reads one message; RETR 2 reads ahead, so RETR 3 is answered at once; a DELE'd
+    message is still refused."""
     session, runner = slow_session(provider)
     session.send(f"USER {ALICE}\r\nPASS alice-secret\r\n".encode())
     runner.run_all()
@@ -734,10 +736,40 @@ def test_one_disk_read_serves_the_following_retrs(
     session.send(b"RETR 1\r\n")
     runner.run_one()
     assert session.take().endswith(wire_text(three_messages[0]))
-    assert session.send(b"RETR 2\r\n").endswith(wire_text(three_messages[1]))
-    assert session.send(b"DELE 3\r\n").startswith(b"+OK")
-    assert session.send(b"RETR 3\r\n") == b"-ERR No such message\r\n"
+    assert session.send(b"RETR 2\r\n") == b""
+    runner.run_one()
+    assert session.take().endswith(wire_text(three_messages[1]))
+    assert session.send(b"RETR 3\r\n").endswith(wire_text(three_messages[2]))
+    assert session.send(b"DELE 1\r\n").startswith(b"+OK")
+    assert session.send(b"RETR 1\r\n") == b"-ERR No such message\r\n"
     assert runner.queue == []
+    session.drop()
+
+
+def test_read_ahead_grows_from_one_message_to_the_budget(
+    tmp_path: Path, clock: Clock, provider: Provider
+) -> None:
+    """Each read of a session reads ahead twice as much as the one before, up to the budget:
+    a client fetching a few messages does not cost the shared reading thread many files."""
+    body = b"Subject: x\n\n" + b"y" * 4000 + b"\n"
+    for _ in range(80):
+        deliver(inbox(provider), body)
+    session, runner = slow_session(provider)
+    session.send(f"USER {ALICE}\r\nPASS alice-secret\r\n".encode())
+    runner.run_all()
+    assert session.take().startswith(b"+OK Logged in")
+    budgets, batch_sizes = [], []
+    for number in range(1, 81):
+        reply = session.send(b"RETR %d\r\n" % number)
+        if runner.queue:
+            budgets.append(runner.queue[0][2][1])
+            runner.run_one()
+            batch_sizes.append(len(session.server._read_ahead) + 1)
+            reply = session.take()
+        assert reply.endswith(wire_text(body))
+    assert budgets[:6] == [0, FIRST_READ_AHEAD_BYTES, 32768, 65536, READ_AHEAD_BYTES, 131072]
+    assert batch_sizes[:4] == [1, 4, 8, 16]
+    assert sum(batch_sizes) == 80
     session.drop()
 
 
