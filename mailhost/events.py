@@ -4,7 +4,9 @@ Events are plain dicts (JSON-ready) with a sequence number, so a reader can ask
 for "everything after N". The in-memory log is bounded; the JSON-lines file
 (``DIR/events.jsonl``) is append-only, opened for each batch (so no descriptor
 is held and rotation by rename is safe) and not fsync'd: it is an audit trail
-for people, not a store a 250 depends on.
+for people, not a store a 250 depends on. Once it reaches ``max_file_bytes`` it
+is renamed to ``events.jsonl.1`` (replacing the one before), so a server that
+runs for months keeps at most about twice that on disk.
 
 Writing is batched and can run off the caller's thread: with ``schedule_writes``
 given (the server hands in its storage pool), :meth:`EventLog.emit` only queues
@@ -17,6 +19,7 @@ under load. Without ``schedule_writes`` every emit writes before it returns.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 from collections import deque
@@ -35,10 +38,25 @@ FAULT_APPLIED = "fault-applied"
 MAILDIR_TMP_SWEPT = "maildir-tmp-swept"
 
 DEFAULT_MAX_EVENTS = 10_000
+DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
+
+
+def rotated(path: Path) -> Path:
+    """Where the event file goes when it is full."""
+    return path.with_name(path.name + ".1")
 
 
 def _last_seq(path: Path) -> int:
-    """The sequence number of the file's last event, so numbering goes on after a restart."""
+    """The last event's sequence number, so numbering goes on after a restart; the
+    rotated file's when the current one has no event yet."""
+    for candidate in (path, rotated(path)):
+        seq = _last_seq_in(candidate)
+        if seq:
+            return seq
+    return 0
+
+
+def _last_seq_in(path: Path) -> int:
     try:
         with open(path, "rb") as f:
             f.seek(0, 2)
@@ -63,10 +81,12 @@ class EventLog:
         path: Path | None = None,
         max_events: int = DEFAULT_MAX_EVENTS,
         schedule_writes: Callable[[Callable[[], None]], object] | None = None,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     ) -> None:
         self._events: deque[dict[str, Any]] = deque(maxlen=max_events)
         self._seq = 0
         self._path = path
+        self._max_file_bytes = max_file_bytes
         self._subscribers: list[Callable[[dict[str, Any]], None]] = []
         self._writers: list[BatchWriter] = []
         self._schedule_writes = schedule_writes
@@ -118,6 +138,9 @@ class EventLog:
                 try:
                     with open(path, "a", encoding="utf-8") as f:
                         f.write("".join(json.dumps(event) + "\n" for event in batch))
+                        full = f.tell() >= self._max_file_bytes
+                    if full:
+                        os.replace(path, rotated(path))
                 except OSError as e:
                     print(f"mailhost: cannot append to {path}: {e}", file=sys.stderr)
             for writer in self._writers:

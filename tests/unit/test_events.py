@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mailhost.events import POP_LOGIN, SMTP_DECISION, EventLog
+from mailhost.events import POP_LOGIN, SMTP_DECISION, EventLog, rotated
 
 AT = datetime(2013, 9, 1, 23, 59, tzinfo=UTC)
 
@@ -137,6 +137,25 @@ def test_numbering_continues_after_a_restart(tmp_path: Path):
     second.close()
     seqs = [json.loads(line)["seq"] for line in path.read_text().splitlines()]
     assert seqs == [1, 2, 3]
+
+
+def test_a_full_file_is_rotated_once_and_numbering_goes_on(tmp_path: Path):
+    """Past max_file_bytes the file becomes events.jsonl.1 (the one before is replaced);
+    together the two hold the newest events in order, and a restart numbers on from them."""
+    path = tmp_path / "events.jsonl"
+    log = EventLog(path, max_file_bytes=1000)
+    for _ in range(60):
+        log.emit(POP_LOGIN, AT, account="alice@example.org")
+    log.close()
+    files = [f for f in (rotated(path), path) if f.exists()]
+    assert files[0] == rotated(path)
+    assert all(f.stat().st_size < 1000 + 200 for f in files), "one event past the bound at most"
+    kept = [json.loads(line)["seq"] for f in files for line in f.read_text().splitlines()]
+    assert kept == list(range(kept[0], 61)) and kept[0] > 1
+    path.unlink(missing_ok=True)
+    restarted = EventLog(path, max_file_bytes=1000)
+    assert restarted.emit(POP_LOGIN, AT)["seq"] == 61
+    restarted.close()
 
 
 def test_subscribers_see_every_new_event(log: EventLog):
