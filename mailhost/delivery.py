@@ -260,4 +260,6 @@ def store(
         )
         return message_id
 
-    return provider.run_blocking(write_copies, copies, content).addCallback(stored)
+    return provider.track_storing(provider.run_blocking(write_copies, copies, content)).addCallback(
+        stored
+    )

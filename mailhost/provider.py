@@ -56,12 +56,29 @@ class Provider:
     faults: FaultRegistry = field(default_factory=FaultRegistry)
     connections: ConnectionLimiter | None = None
     """Shared by every listener; made from ``limits`` when not given."""
+    storing: set[defer.Deferred] = field(default_factory=set)
+    """Deliveries under way (see :meth:`track_storing`)."""
 
     def __post_init__(self) -> None:
         if self.connections is None:
             self.connections = ConnectionLimiter(
                 self.limits.max_connections, self.limits.max_connections_per_ip
             )
+
+    def track_storing(self, d: defer.Deferred) -> defer.Deferred:
+        """Count ``d`` (a delivery's) as under way until it fires; returns it."""
+        self.storing.add(d)
+
+        def done(result: object) -> object:
+            self.storing.discard(d)
+            return result
+
+        return d.addBoth(done)
+
+    def stored_all(self) -> defer.Deferred:
+        """Fires once every delivery under way now has finished, stored or failed."""
+        waits = [_settled(d) for d in self.storing]
+        return defer.gatherResults(waits) if waits else defer.succeed(None)
 
     def now(self) -> datetime:
         return self.clock.now()
@@ -88,3 +105,15 @@ class Provider:
 
     def portal(self, realm: object) -> Portal:
         return Portal(realm, [self.checker()])
+
+
+def _settled(d: defer.Deferred) -> defer.Deferred:
+    """A Deferred firing with None when ``d`` fires, whatever its result; ``d`` is untouched."""
+    settled: defer.Deferred = defer.Deferred()
+
+    def fire(result: object) -> object:
+        settled.callback(None)
+        return result
+
+    d.addBoth(fire)
+    return settled

@@ -782,7 +782,8 @@ class ApiResource(Resource):
     # reset
 
     def reset(self, request: Request) -> defer.Deferred[Reply]:
-        """Back to a clean start: in-memory state at once, then messages (and accounts)."""
+        """Back to a clean start: in-memory state at once, then, once the deliveries under way
+        have finished, messages (and accounts)."""
         accounts = json_body(request).get("accounts", "keep")
         if accounts not in ("keep", "wipe"):
             raise _bad("accounts", "expected keep or wipe")
@@ -795,7 +796,14 @@ class ApiResource(Resource):
         provider.events.forget()
         provider.schemes = self.initial_schemes
         provider.clock.offset = self.initial_offset
-        d = provider.run_blocking(empty_all, provider.data.root, provider.data.outbox)
+        data = provider.data
+
+        def empty(_: object) -> defer.Deferred:
+            provider.events.forget()  # and the events of the deliveries waited for
+            return provider.run_blocking(empty_all, data.root, data.outbox)
+
+        # A delivery still under way would land its message after the reset.
+        d = provider.stored_all().addCallback(empty)
         if accounts == "wipe":
             d.addCallback(lambda _: self._hashing(_remove_all_accounts, provider.accounts.file))
         return d.addCallback(lambda _: (204, None))

@@ -541,6 +541,30 @@ def test_reset_restores_a_clean_start_and_keeps_accounts(api, provider, tmp_path
     assert (tmp_path / "events.jsonl").read_text().count("\n") > 0
 
 
+def test_reset_waits_for_a_delivery_under_way(api, provider):
+    """A message whose delivery is still on the pool is stored, then removed by the reset;
+    its events go with it."""
+    from mailhost.testing import QueuedRunBlocking
+
+    storage = QueuedRunBlocking()
+    provider.run_blocking = storage
+    origin = delivery.Origin("127.0.0.2", Role.MX, "client.example")
+    alice = delivery.Destination(ALICE, Recipient.LOCAL, ALICE)
+    stored: list[str] = []
+    delivery.store(
+        provider, origin, delivery.Envelope(BOB, (alice,)), b"Subject: s\n\nbody\n", None
+    ).addCallback(stored.append)
+    exchange = api.send("POST", "/api/reset")
+    assert (exchange.response(), len(storage.queue)) == (None, 1)
+    storage.run_one()  # the delivery: the message is on disk
+    assert stored and storage.queue, "the reset's own clean-up is queued behind it"
+    storage.run_all()
+    assert exchange.response().status == 204
+    assert list((provider.data.mailbox(ALICE) / "new").iterdir()) == []
+    assert provider.events.recent() == []
+    assert provider.storing == set()
+
+
 def test_reset_can_wipe_accounts(api, provider):
     """accounts=wipe removes every account too."""
     assert api("POST", "/api/reset", {"accounts": "wipe"}).status == 204
