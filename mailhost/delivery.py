@@ -260,6 +260,5 @@ def store(
         )
         return message_id
 
-    return provider.track_storing(provider.run_blocking(write_copies, copies, content)).addCallback(
-        stored
-    )
+    d = provider.track_storing(provider.run_blocking(write_copies, copies, content))
+    return d.addCallback(stored)
