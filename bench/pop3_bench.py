@@ -7,12 +7,12 @@ What it measures, each over ``--runs`` runs (median reported), mailhost and Dove
                    logged in to its own account whose Maildir holds ``--messages`` (1,000)
                    messages of ``--message-size`` (4,096) octets. Each session logs in
                    (USER/PASS), checks STAT, and once every session is logged in they all send
-                   RETR 1..N one at a time: each RETR waits for the
-                   reply's terminating ``.`` line before the next is sent (no pipelining, so a
-                   server that holds back small segments - Nagle against delayed ACK - shows
-                   here). Every reply is checked: ``+OK``, then exactly the expected octets
-                   (CRLF line ends, byte-stuffed) ending in ``CRLF.CRLF``. The sessions end with
-                   QUIT and no DELE, so the mailboxes are reused by the next run. The figure is
+                   RETR 1..N one at a time: each RETR waits for the reply's terminating ``.``
+                   line before the next is sent (no pipelining, so a server that holds back
+                   small segments - Nagle against delayed ACK - shows here). Every reply is
+                   checked: ``+OK``, then exactly the expected octets (CRLF line ends,
+                   byte-stuffed) ending in ``CRLF.CRLF``. The sessions end with QUIT and no
+                   DELE, so the mailboxes are reused by the next run. The figure is
                    RETRs over all sessions per second of the RETR phase (first RETR sent to last
                    reply read, login excluded); RETR/s including the logins is reported too, and
                    the server's CPU seconds during the RETR phase (utime + stime from /proc, of
