@@ -3,20 +3,20 @@
 What it measures, each over ``--runs`` runs (median reported), mailhost and Dovecot in turn:
 
   RETR throughput  ``--sessions`` (8) concurrent sessions, each in its own client process (with
-                   threads, the client's own GIL capped every server near 9,000 RETR/s) and
-                   logged in to its own account whose Maildir holds ``--messages`` (1,000)
-                   messages of ``--message-size`` (4,096) octets. Each session logs in
-                   (USER/PASS), checks STAT, and once every session is logged in they all send
-                   RETR 1..N one at a time: each RETR waits for the reply's terminating ``.``
-                   line before the next is sent (no pipelining, so a server that holds back
-                   small segments - Nagle against delayed ACK - shows here). Every reply is
-                   checked: ``+OK``, then exactly the expected octets (CRLF line ends,
-                   byte-stuffed) ending in ``CRLF.CRLF``. The sessions end with QUIT and no
-                   DELE, so the mailboxes are reused by the next run. The figure is
-                   RETRs over all sessions per second of the RETR phase (first RETR sent to last
-                   reply read, login excluded); RETR/s including the logins is reported too, and
-                   the server's CPU seconds during the RETR phase (utime + stime from /proc, of
-                   the whole process tree for Dovecot, reaped children included).
+                   threads, the client's own GIL held a bare Twisted server that used a third of a
+                   core near 9,000 RETR/s) and logged in to its own account whose Maildir holds
+                   ``--messages`` (1,000) messages of ``--message-size`` (4,096) octets. Each
+                   session logs in (USER/PASS), checks STAT, and once every session is logged in
+                   they all send RETR 1..N one at a time: each RETR waits for the reply's
+                   terminating ``.`` line before the next is sent (no pipelining, so a server that
+                   holds back small segments - Nagle against delayed ACK - shows here). Every reply
+                   is checked: ``+OK``, then exactly the expected octets (CRLF line ends,
+                   byte-stuffed) ending in ``CRLF.CRLF``. The sessions end with QUIT and no DELE, so
+                   the mailboxes are reused by the next run. The figure is RETRs over all sessions
+                   per second of the RETR phase (first RETR sent to last reply read, login
+                   excluded); RETR/s including the logins is reported too, and the server's CPU
+                   seconds during the RETR phase (utime + stime from /proc, of the whole process
+                   tree for Dovecot, reaped children included).
   logins/s         ``--login-clients`` (8) parallel clients, each on its own account hashed with
                    bcrypt at cost 12 (``{BLF-CRYPT}$2b$12$``, the same hashes for both servers)
                    and its own source address (127.0.0.2, .3, ...: mailhost counts checks in
