@@ -27,11 +27,13 @@ import os
 import re
 import socket
 import stat
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 SUBDIRS = ("tmp", "new", "cur")
+READ_CHUNK = 1 << 20
 _counter = itertools.count(1)
 
 
@@ -51,6 +53,26 @@ def ensure_maildir(path: Path) -> Path:
     for parent in dict.fromkeys(d.parent for d in missing):
         _fsync_dir(parent)
     return path
+
+
+_ensured: set[str] = set()
+_ensure_lock = threading.Lock()
+
+
+def _ensure_once(maildir: Path) -> None:
+    """:func:`ensure_maildir` once per Maildir and process, with no system call after that.
+
+    The lock makes a delivery that finds another thread making the same new
+    Maildir wait until its parents are fsync'd, rather than reply 250 for a
+    message whose directory entry is not yet on disk.
+    """
+    key = os.fspath(maildir)
+    if key in _ensured:
+        return
+    with _ensure_lock:
+        if key not in _ensured:
+            ensure_maildir(maildir)
+            _ensured.add(key)
 
 
 def unique_name() -> str:
@@ -80,11 +102,13 @@ def _fsync_dir(path: Path | str) -> None:
 def deliver(maildir: Path, message: bytes) -> str:
     """Store ``message`` durably in ``maildir``; returns the file name in ``new/``.
 
-    The Maildir is made only when ``tmp/`` or ``new/`` turns out to be missing,
-    not checked before every delivery: three ``stat`` calls fewer for each.
+    The Maildir is checked (and made) once per process, not before every
+    delivery: three ``stat`` calls fewer for each. Should it have been removed
+    since, the open or the link finds a directory missing and it is made again.
     Paths are plain strings here: pathlib's joins were a tenth of the GIL
     time an SMTP message took.
     """
+    _ensure_once(maildir)
     name = f"{unique_name()},S={len(message)},W={pop3_size(message)}"
     root = os.fspath(maildir)
     tmp, new = f"{root}/tmp/{name}", f"{root}/new"
@@ -92,7 +116,7 @@ def deliver(maildir: Path, message: bytes) -> str:
     try:
         fd = os.open(tmp, flags, 0o600)
     except FileNotFoundError:
-        ensure_maildir(maildir)
+        _ensure_again(maildir)
         fd = os.open(tmp, flags, 0o600)
     try:
         try:
@@ -106,12 +130,17 @@ def deliver(maildir: Path, message: bytes) -> str:
         try:
             os.link(tmp, f"{new}/{name}")
         except FileNotFoundError:
-            ensure_maildir(maildir)
+            _ensure_again(maildir)
             os.link(tmp, f"{new}/{name}")
     finally:
         os.unlink(tmp)
     _fsync_dir(new)
     return name
+
+
+def _ensure_again(maildir: Path) -> None:
+    _ensured.discard(os.fspath(maildir))
+    _ensure_once(maildir)
 
 
 STALE_TMP_AGE = 36 * 3600
@@ -336,16 +365,18 @@ class PopMailbox:
 
         ``os.read`` sized from the listing: three system calls where
         ``Path.read_bytes`` makes nine, and every one lets the reactor thread's
-        GIL go to another thread and come back.
+        GIL go to another thread and come back. A read asks for at most
+        :data:`READ_CHUNK` octets, so a wrong size in a file's name costs no
+        memory, and a short read means the end of the file.
         """
         message = self.messages[number - 1]
         fd = os.open(f"{self.path}/{message.subdir}/{message.name}", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            want = message.size + 1
+            want = min(message.size, READ_CHUNK) + 1
             parts = [os.read(fd, want)]
             while len(parts[-1]) == want:
-                parts.append(os.read(fd, 65536))
-                want = 65536
+                want = READ_CHUNK
+                parts.append(os.read(fd, want))
         finally:
             os.close(fd)
         return b"".join(parts)

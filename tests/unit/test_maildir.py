@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import socket
+import shutil
 from pathlib import Path
 
 import pytest
@@ -117,15 +117,19 @@ def test_read_ahead_takes_the_next_live_messages_within_the_budget(tmp_path: Pat
     assert list(mailbox.read_ahead(5, 1)) == [5], "the asked-for message whatever its size"
 
 
-@pytest.mark.parametrize("size", [0, 1, 100, 70_000, 300_000])
-def test_read_returns_the_whole_file_whatever_its_name_says(tmp_path: Path, size: int) -> None:
-    """The read is sized from the listing; a name whose W= size is wrong still reads it all."""
+@pytest.mark.parametrize("named", [10, 10**13])
+@pytest.mark.parametrize("size", [0, 1, 100, 70_000, 3_000_000])
+def test_read_returns_the_whole_file_whatever_its_name_says(
+    tmp_path: Path, size: int, named: int
+) -> None:
+    """The read is sized from the listing, at most 1 MiB at a time: a name whose W= size is
+    wrong, too small or absurdly large, still reads the whole file."""
     box = tmp_path / "box"
     ensure_maildir(box)
     body = bytes(range(256)) * (size // 256) + b"z" * (size % 256)
-    (box / "cur" / "1700000000.M1P1.host,S=10,W=10:2,").write_bytes(body)
+    (box / "cur" / f"1700000000.M1P1.host,S=10,W={named}:2,").write_bytes(body)
     mailbox = PopMailbox.scan(box)
-    assert mailbox.messages[0].size == 10
+    assert mailbox.messages[0].size == named
     assert mailbox.read(1) == body
 
 
@@ -356,20 +360,56 @@ def test_first_delivery_to_a_new_account_makes_its_maildir_durably(tmp_path, mon
 
 
 def test_delivery_remakes_a_missing_new_directory(tmp_path):
-    """tmp/ present but new/ gone: the link is retried after the Maildir is made whole."""
-    box = ensure_maildir(tmp_path / "box")
+    """new/ removed after a delivery made the Maildir: the link is retried once it is whole."""
+    box = tmp_path / "box"
+    first = deliver(box, b"first\n")
+    (box / "new" / first).unlink()
     (box / "new").rmdir()
     name = deliver(box, b"body\n")
     assert (box / "new" / name).read_bytes() == b"body\n"
     assert list((box / "tmp").iterdir()) == []
 
 
-def test_unique_names_carry_pid_and_host_and_differ():
-    """The pid and host are read once per process; the counter keeps names apart."""
-    first, second = maildir.unique_name(), maildir.unique_name()
-    assert first != second
-    host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
-    assert f"P{os.getpid()}Q" in first and first.endswith("." + host)
+def test_delivery_remakes_a_removed_maildir(tmp_path):
+    """The whole Maildir removed after a delivery made it: the next delivery makes it again."""
+    box = tmp_path / "box"
+    deliver(box, b"first\n")
+    shutil.rmtree(box)
+    name = deliver(box, b"second\n")
+    assert (box / "new" / name).read_bytes() == b"second\n"
+
+
+def test_a_maildir_is_checked_once_per_process_under_a_lock(tmp_path, monkeypatch):
+    """The first delivery makes the Maildir holding the lock (a second thread waits for its
+    fsyncs); later deliveries check nothing."""
+    calls: list[bool] = []
+    real = maildir.ensure_maildir
+
+    def ensure(path: Path) -> Path:
+        calls.append(maildir._ensure_lock.locked())
+        return real(path)
+
+    monkeypatch.setattr(maildir, "ensure_maildir", ensure)
+    for _ in range(3):
+        deliver(tmp_path / "box", b"x\n")
+    assert calls == [True]
+
+
+def test_a_forked_child_names_files_with_its_own_pid():
+    """The pid read once per process is read again in a forked child."""
+    maildir.unique_name()
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            os.write(write_end, maildir.unique_name().encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    name = os.read(read_end, 4096).decode()
+    os.close(read_end)
+    os.waitpid(child, 0)
+    assert f"P{child}Q" in name
 
 
 def test_delivery_never_replaces_a_message_of_the_same_name(tmp_path, monkeypatch):
