@@ -773,6 +773,30 @@ def test_read_ahead_grows_from_one_message_to_the_budget(
     session.drop()
 
 
+def test_read_ahead_starts_over_when_the_client_jumps(
+    tmp_path: Path, clock: Clock, provider: Provider
+) -> None:
+    """Only a client asking for the message after the last one read gets a larger read-ahead;
+    a jump reads the asked-for message alone, and reading on from there grows again."""
+    body = b"Subject: x\n\n" + b"y" * 4000 + b"\n"
+    for _ in range(80):
+        deliver(inbox(provider), body)
+    session, runner = slow_session(provider)
+    session.send(f"USER {ALICE}\r\nPASS alice-secret\r\n".encode())
+    runner.run_all()
+    session.take()
+    read: list[list[int]] = []
+    for number in (1, 2, 3, 50, 51, 52, 10):
+        reply = session.send(b"RETR %d\r\n" % number)
+        if reply == b"":
+            runner.run_one()
+            read.append([number, *sorted(session.server._read_ahead)])
+            reply = session.take()
+        assert reply.endswith(wire_text(body))
+    assert read == [[1], [2, 3, 4, 5], [50], [51, 52, 53, 54], [10]]
+    session.drop()
+
+
 def logged_in_with_a_reading_runner(
     provider: Provider,
 ) -> tuple[Session, QueuedRunBlocking, QueuedRunBlocking]:
