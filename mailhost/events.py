@@ -62,7 +62,7 @@ def _last_seq_in(path: Path) -> int:
             f.seek(0, 2)
             f.seek(max(0, f.tell() - 65536))
             tail = f.read().splitlines()
-    except FileNotFoundError:
+    except OSError:
         return 0
     for line in reversed(tail):
         try:
@@ -135,14 +135,18 @@ class EventLog:
                 return False
             path = self._path
             if path is not None:
+                full = False
                 try:
                     with open(path, "a", encoding="utf-8") as f:
                         f.write("".join(json.dumps(event) + "\n" for event in batch))
                         full = f.tell() >= self._max_file_bytes
-                    if full:
-                        os.replace(path, rotated(path))
                 except OSError as e:
                     print(f"mailhost: cannot append to {path}: {e}", file=sys.stderr)
+                if full:
+                    try:
+                        os.replace(path, rotated(path))
+                    except OSError as e:
+                        print(f"mailhost: cannot rotate {path}: {e}", file=sys.stderr)
             for writer in self._writers:
                 writer(batch)
             return True

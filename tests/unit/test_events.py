@@ -158,6 +158,19 @@ def test_a_full_file_is_rotated_once_and_numbering_goes_on(tmp_path: Path):
     restarted.close()
 
 
+def test_a_rotation_that_fails_is_reported_and_loses_no_event(tmp_path: Path, capsys):
+    """events.jsonl.1 in the way (here a directory): the log starts, says it cannot rotate,
+    and keeps appending to events.jsonl."""
+    path = tmp_path / "events.jsonl"
+    rotated(path).mkdir()
+    log = EventLog(path, max_file_bytes=100)
+    for _ in range(3):
+        log.emit(POP_LOGIN, AT)
+    log.close()
+    assert [json.loads(line)["seq"] for line in path.read_text().splitlines()] == [1, 2, 3]
+    assert "cannot rotate" in capsys.readouterr().err
+
+
 def test_subscribers_see_every_new_event(log: EventLog):
     """A subscriber is called with each event emitted after it subscribed."""
     seen: list[dict] = []
