@@ -43,8 +43,9 @@ class Provider:
     """Where POP3 sessions read messages; ``run_blocking`` when not given. The server
     gives it one thread: a read is a string of short system calls, each one a chance
     for another thread to take the GIL, and eight sessions reading at once on eight
-    threads kept the reactor thread waiting for it. A message larger than the
-    read-ahead budget is read on ``run_blocking``, so it holds up no other session."""
+    threads kept the reactor thread waiting for it. A message larger than
+    ``pop3.READ_AHEAD_BYTES`` is read on ``run_blocking`` instead, so it does not hold
+    up the other sessions' reads."""
     limits: Limits = field(default_factory=Limits)
     hostname: str = "localhost"
     configured_domains: tuple[str, ...] = ()
