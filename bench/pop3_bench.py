@@ -10,7 +10,7 @@ What it measures, each over ``--runs`` runs (median reported), mailhost and Dove
                    they all send RETR 1..N one at a time: each RETR waits for the reply's
                    terminating ``.`` line before the next is sent (no pipelining, so a server that
                    holds back small segments - Nagle against delayed ACK - shows here). Every reply
-                   is checked: ``+OK``, then exactly the expected octets (CRLF line ends,
+                   is checked: ``+OK``, then exactly the expected number of octets (CRLF line ends,
                    byte-stuffed) ending in ``CRLF.CRLF``. The sessions end with QUIT and no DELE, so
                    the mailboxes are reused by the next run. The figure is RETRs over all sessions
                    per second of the RETR phase (first RETR sent to last reply read, login
@@ -336,8 +336,8 @@ def retr_session(
                 raise BenchError("RETR phase over its time limit")
         result["end"] = time.perf_counter()
         result["cpu_s"] = client_cpu() - cpu0
-    except (OSError, BenchError) as e:
-        result["error"] = f"{user}: {e}"
+    except Exception as e:  # whatever it was, the parent must hear of it
+        result["error"] = f"{user}: {e.__class__.__name__}: {e}"
     results.put(result)
     if client is not None:
         if result["error"] is None and leave.wait(timeout):
