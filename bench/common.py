@@ -153,6 +153,39 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def proc_table() -> dict[int, tuple[int, float]]:
+    """pid: (ppid, own + reaped children's CPU seconds) for every process in /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    table: dict[int, tuple[int, float]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        cpu = sum(int(fields[i]) for i in (11, 12, 13, 14)) / tick
+        table[int(entry)] = (int(fields[1]), cpu)
+    return table
+
+
+def tree_cpu(root: int) -> float:
+    """CPU seconds of ``root`` and all its descendants, children they have reaped included."""
+    table = proc_table()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    total, todo, seen = 0.0, [root], set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen or pid not in table:
+            continue
+        seen.add(pid)
+        total += table[pid][1]
+        todo.extend(children.get(pid, []))
+    return total
+
+
 def percentile(values: list[float], p: float) -> float | None:
     """The ``p``-th percentile (0-100) by the inclusive method; None for no values."""
     if not values:

@@ -256,30 +256,6 @@ class PopClient:
             self.sock.close()
 
 
-def tree_cpu(root: int) -> float:
-    """CPU seconds of ``root`` and its live descendants, plus what their reaped children used."""
-    parents: dict[int, int] = {}
-    times: dict[int, float] = {}
-    tick = os.sysconf("SC_CLK_TCK")
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        pid = int(entry)
-        parents[pid] = int(fields[1])
-        times[pid] = sum(int(v) for v in fields[11:15]) / tick
-    wanted, frontier = {root}, [root]
-    while frontier:
-        parent = frontier.pop()
-        children = [pid for pid, ppid in parents.items() if ppid == parent]
-        wanted.update(children)
-        frontier.extend(children)
-    return sum(times.get(pid, 0.0) for pid in wanted)
-
-
 def client_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -379,13 +355,13 @@ def retr_run(
     for _ in sessions:
         if not ready.acquire(timeout=max(0.1, stop_at - time.perf_counter())):
             break
-    cpu0 = tree_cpu(server.pid)
+    cpu0 = common.tree_cpu(server.pid)
     go.set()
     found: list[dict[str, Any]] = []
     with contextlib.suppress(queue.Empty):
         for _ in sessions:
             found.append(results.get(timeout=max(0.1, stop_at + timeout - time.perf_counter())))
-    cpu1 = tree_cpu(server.pid)
+    cpu1 = common.tree_cpu(server.pid)
     leave.set()
     for process in sessions:
         process.join(timeout)
@@ -453,14 +429,14 @@ def login_run(
                 if client is not None:
                     client.close()
 
-    cpu0, own0 = tree_cpu(server.pid), client_cpu()
+    cpu0, own0 = common.tree_cpu(server.pid), client_cpu()
     threads = [threading.Thread(target=loop, args=(i,), daemon=True) for i in range(clients)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(max(0.1, stop_at + 2 * timeout - time.perf_counter()))
     wall = time.perf_counter() - started
-    cpu1, own1 = tree_cpu(server.pid), client_cpu()
+    cpu1, own1 = common.tree_cpu(server.pid), client_cpu()
     return {
         "ok": not errors and bool(latencies),
         "logins": len(latencies),

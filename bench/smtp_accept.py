@@ -159,41 +159,8 @@ def count_files(directory: Path) -> int:
         return 0
 
 
-def proc_table() -> dict[int, tuple[int, float]]:
-    """pid: (ppid, own + reaped children's CPU seconds) for every process in /proc."""
-    tick = os.sysconf("SC_CLK_TCK")
-    table: dict[int, tuple[int, float]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        cpu = sum(int(fields[i]) for i in (11, 12, 13, 14)) / tick
-        table[int(entry)] = (int(fields[1]), cpu)
-    return table
-
-
-def tree_cpu(root: int) -> float:
-    """CPU seconds of ``root`` and all its descendants, children they have reaped included."""
-    table = proc_table()
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    total, todo, seen = 0.0, [root], set()
-    while todo:
-        pid = todo.pop()
-        if pid in seen or pid not in table:
-            continue
-        seen.add(pid)
-        total += table[pid][1]
-        todo.extend(children.get(pid, []))
-    return total
-
-
 def descendants(root: int) -> list[int]:
-    table = proc_table()
+    table = common.proc_table()
     found: list[int] = []
     todo = [root]
     while todo:
@@ -507,7 +474,7 @@ class Postfix(System):
         raise SetupError(f"no live master PID in {pid_file} within {START_TIMEOUT:g} s")
 
     def cpu(self) -> float:
-        return tree_cpu(self.master_pid) if self.master_pid else 0.0
+        return common.tree_cpu(self.master_pid) if self.master_pid else 0.0
 
     def settle(self, expected: int, timeout: float) -> float | None:
         started = time.perf_counter()
