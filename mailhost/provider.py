@@ -77,9 +77,9 @@ class Provider:
         return d.addBoth(done)
 
     def stored_all(self) -> defer.Deferred:
-        """Fires once every delivery under way now has finished, stored or failed."""
-        waits = [_settled(d) for d in self.storing]
-        return defer.gatherResults(waits) if waits else defer.succeed(None)
+        """Fires once every delivery under way now has finished, stored or failed; the
+        deliveries' own results go on down their chains untouched."""
+        return defer.DeferredList(list(self.storing))
 
     def now(self) -> datetime:
         return self.clock.now()
@@ -106,15 +106,3 @@ class Provider:
 
     def portal(self, realm: object) -> Portal:
         return Portal(realm, [self.checker()])
-
-
-def _settled(d: defer.Deferred) -> defer.Deferred:
-    """A Deferred firing with None when ``d`` fires, whatever its result; ``d`` is untouched."""
-    settled: defer.Deferred = defer.Deferred()
-
-    def fire(result: object) -> object:
-        settled.callback(None)
-        return result
-
-    d.addBoth(fire)
-    return settled
