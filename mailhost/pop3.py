@@ -558,8 +558,7 @@ class POP3Server(LineProtocol):
         cut: Callable[[bytes], bytes],
         first: bytes,
     ) -> defer.Deferred | None:
-        mailbox = self.mailbox
-        message = mailbox.message(number)
+        message = self.mailbox.message(number)
         if message is None:
             self.write_line(NO_SUCH_MESSAGE)
             return None
@@ -568,6 +567,17 @@ class POP3Server(LineProtocol):
 
         def send(data: bytes) -> None:
             self.transport.write(first + b"\r\n" + wire_text(cut(data)))
+
+        data = self._read_ahead.pop(number, None)
+        if data is not None:
+            send(data)
+            return None
+        return self._read_then_send(number, message, send)
+
+    def _read_then_send(
+        self, number: int, message: PopMessage, send: Callable[[bytes], None]
+    ) -> defer.Deferred:
+        """Read ``number`` and, while the client reads in order, more after it; then send it."""
 
         def read(found: dict[int, bytes]) -> None:
             self._read_ahead = found
@@ -578,10 +588,6 @@ class POP3Server(LineProtocol):
             log.err(reason, "POP3 message could not be read")
             self.write_line(b"-ERR [SYS/TEMP] Message could not be read")
 
-        data = self._read_ahead.pop(number, None)
-        if data is not None:
-            send(data)
-            return None
         self._read_ahead = {}
         run = self.provider.run_reading
         if run is None or message.size > READ_AHEAD_BYTES:
@@ -590,7 +596,7 @@ class POP3Server(LineProtocol):
             self._read_ahead_budget = 0
         budget = self._read_ahead_budget
         self._read_ahead_budget = min(READ_AHEAD_BYTES, max(2 * budget, FIRST_READ_AHEAD_BYTES))
-        d = run(mailbox.read_ahead, number, budget)
+        d = run(self.mailbox.read_ahead, number, budget)
         return d.addCallbacks(read, unreadable)
 
     def do_DELE(self, argument: bytes) -> None:
